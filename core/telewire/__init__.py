@@ -1,0 +1,79 @@
+"""telewire: a speech-to-speech realtime model behind a phone carrier, mu-law untouched.
+
+The public API: what carrier plugins, node types and applications may import. Anything not
+listed in ``__all__`` is internal and may change without notice.
+"""
+
+from __future__ import annotations
+
+from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+from telewire.envelope import (
+    CompiledEnvelope,
+    EnvelopeSpec,
+    ResponseEnvelopeSpec,
+    compile_envelope,
+    load_envelope_file,
+)
+from telewire.errors import (
+    AuthenticationError,
+    CarrierError,
+    CarrierProtocolError,
+    ConfigError,
+    GraphError,
+    PluginError,
+    ProviderError,
+    ProviderProtocolError,
+    TelewireError,
+)
+from telewire.frames import (
+    AudioFrame,
+    DTMFFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptFrame,
+    MarkFrame,
+    MediaFormat,
+    StartFrame,
+    SteerFrame,
+    TranscriptFrame,
+    UsageFrame,
+)
+from telewire.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioFrame",
+    "AuthenticationError",
+    "CallContext",
+    "Capabilities",
+    "CarrierError",
+    "CarrierProtocolError",
+    "CompiledEnvelope",
+    "ConfigError",
+    "DTMFFrame",
+    "EndFrame",
+    "EnvelopeSpec",
+    "ErrorFrame",
+    "Frame",
+    "GraphError",
+    "HttpRequest",
+    "HttpResponse",
+    "InterruptFrame",
+    "MarkFrame",
+    "MediaFormat",
+    "PluginError",
+    "ProviderError",
+    "ProviderProtocolError",
+    "ResponseEnvelopeSpec",
+    "StartFrame",
+    "SteerFrame",
+    "TelewireError",
+    "TranscriptFrame",
+    "UsageFrame",
+    "__version__",
+    "compile_envelope",
+    "hookimpl",
+    "load_envelope_file",
+]

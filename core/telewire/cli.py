@@ -1,0 +1,337 @@
+"""The ``telewire`` command: serve, plugins, config show, call, demo.
+
+Depends on everything above it (server, graph, registry, settings, testing); nothing depends on it.
+The CLI is the only place that installs log sinks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Sequence
+
+from loguru import logger
+from pydantic import BaseModel, SecretStr
+
+from telewire import __version__
+from telewire.errors import ConfigError, TelewireError
+from telewire.graph import load_graph, node_types
+from telewire.registry import CarrierRegistry
+from telewire.settings import ServerSettings, load_settings, node_overrides
+
+__all__ = ["main"]
+
+_LOG_FORMAT = ("<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+               "<cyan>{extra[carrier]}</cyan> {extra[call_sid]} | {message}")
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
+    """Install the one stderr sink (text, or JSON lines)."""
+    logger.remove()
+    logger.configure(extra={"carrier": "-", "call_sid": "", "stream_sid": ""})
+    if json_lines:
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, format=_LOG_FORMAT)
+
+
+def _event_loop_policy(choice: str) -> str:
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return "uvloop"
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("TELEWIRE_LOOP=uvloop but uvloop is not installed "
+                                  "(pip install 'telewire[uvloop]')") from None
+    return "asyncio"
+
+
+def _load(args: argparse.Namespace) -> tuple[ServerSettings, Any]:
+    settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None),
+                             graph=getattr(args, "config", None))
+    overrides = node_overrides(settings) + list(getattr(args, "set", None) or [])
+    graph = load_graph(settings.graph, overrides)
+    return settings, graph
+
+
+# --------------------------------------------------------------------------------- serve
+
+
+async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | None = None) -> None:
+    from telewire.server import TelewireServer
+
+    server = TelewireServer(settings, graph, CarrierRegistry())
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    logger.info("stopping: no new calls; draining")
+    await server.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings, graph = _load(args)
+    setup_logging(settings.log_level, settings.log_json)
+    loop_name = _event_loop_policy(settings.loop)
+    logger.info("telewire {} ({} event loop), graph {}", __version__, loop_name, graph.source)
+    asyncio.run(_serve(settings, graph))
+    return 0
+
+
+# --------------------------------------------------------------------------------- plugins
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = CarrierRegistry()
+    carriers = []
+    for name in registry.names():
+        info = registry.infos[name]
+        entry: dict[str, Any] = {"name": name, "distribution": info.distribution,
+                                 "version": info.version, "entry_point": info.entry_point}
+        try:
+            caps = registry.get(name).capabilities
+            entry["capabilities"] = {k: getattr(caps, k) for k in
+                                     ("clear", "marks", "dtmf", "hangup", "text_frames_only")}
+            entry["status"] = "ok"
+        except TelewireError as exc:
+            entry["status"] = "error"
+            entry["error"] = str(exc)
+        carriers.append(entry)
+    for f in registry.failures:
+        carriers.append({"name": f.name, "distribution": f.distribution, "version": "",
+                         "entry_point": f.entry_point, "status": "error", "error": f.error})
+    nodes = [{"name": n, "distribution": i.distribution, "version": i.version,
+              "entry_point": i.entry_point, "status": "ok" if i.error is None else "error",
+              **({"error": i.error} if i.error else {})}
+             for n, i in sorted(node_types().items())]
+    data = {"carriers": carriers, "nodes": nodes}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for title, rows in (("carriers", carriers), ("node types", nodes)):
+            print(f"{title}:")
+            for r in rows:
+                line = f"  {r['name']:<16} {r['distribution'] or '-'} {r['version'] or ''}"
+                if r["status"] != "ok":
+                    line += f"  FAILED: {r['error']}"
+                print(line.rstrip())
+    bad = any(r["status"] != "ok" for r in carriers + nodes)
+    return 1 if bad and args.strict else 0
+
+
+# --------------------------------------------------------------------------------- config
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, BaseModel):
+        return {k: _masked(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings, graph = _load(args)
+    registry = CarrierRegistry()
+    carriers: dict[str, Any] = {}
+    for name in registry.names():
+        try:
+            model = registry.get(name).settings_model()
+            carriers[name] = _masked(model()) if model is not None else {}
+        except Exception as exc:  # show what is wrong, keep showing the rest
+            carriers[name] = {"error": str(exc)}
+    out = {
+        "settings": _masked(settings),
+        "graph": {
+            "source": graph.source,
+            "nodes": {n: {"type": s.type, "version": s.version, "config": _masked(s.config)}
+                      for n, s in graph.nodes.items()},
+            "edges": [str(e) for e in graph.edges],
+        },
+        "carriers": carriers,
+    }
+    if "OPENAI_API_KEY" in os.environ:
+        out["environment"] = {"OPENAI_API_KEY": "**********"}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------------- call
+
+
+def _write_outputs(result: Any, out_dir: Path) -> dict[str, str]:
+    from telewire.wav import write_ulaw_wav
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audio = result.received_audio
+    raw = out_dir / f"{result.stream_sid}.agent.ulaw"
+    raw.write_bytes(audio)
+    wav = write_ulaw_wav(out_dir / f"{result.stream_sid}.agent.wav", audio)
+    summary = out_dir / f"{result.stream_sid}.summary.json"
+    summary.write_text(json.dumps(result.summary(), indent=2))
+    return {"agent_audio_wav": str(wav), "agent_audio_raw": str(raw), "summary": str(summary)}
+
+
+async def _call(args: argparse.Namespace) -> dict[str, Any]:
+    from telewire.testing.simulator import CallSimulator
+    from telewire.wav import read_ulaw
+
+    audio = read_ulaw(args.audio)
+    params = dict(p.split("=", 1) for p in args.param or [])
+    token = args.auth_token or os.environ.get("TELEWIRE_TWILIO_AUTH_TOKEN")
+    sim = CallSimulator(args.url, custom_parameters=params, auth_token=token,
+                        pace=args.pace, drain_s=args.drain,
+                        dtmf=[(float(t), d) for t, d in (x.split(":", 1) for x in args.dtmf or [])])
+    result = await sim.run(audio)
+    summary = result.summary()
+    summary["outputs"] = _write_outputs(result, Path(args.out))
+    return summary
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    if args.carrier != "twilio":
+        raise ConfigError(f"telewire call: the simulator speaks twilio only for now, not "
+                          f"{args.carrier!r}")
+    setup_logging("WARNING")
+    summary = asyncio.run(_call(args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------- demo
+
+
+async def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from telewire.server import TelewireServer
+    from telewire.testing.simulator import CallSimulator
+    from telewire.wav import read_ulaw
+
+    overrides = list(args.set or [])
+    if os.environ.get("OPENAI_API_KEY") and not any(o.startswith("rt.config.provider") for o in overrides):
+        overrides.append("rt.config.provider=openai")
+    settings = load_settings(host="127.0.0.1", port=0)
+    graph = load_graph(None, overrides)
+    server = TelewireServer(settings, graph, CarrierRegistry())
+    port = await server.start()
+    try:
+        audio_path = args.audio or str(Path(str(_data_file("demo.wav"))))
+        audio = read_ulaw(audio_path)
+        sim = CallSimulator(f"ws://127.0.0.1:{port}/media/twilio", pace=args.pace,
+                            custom_parameters={"caller": "demo"},
+                            expect_echo=graph.nodes["rt"].config.provider == "echo",
+                            drain_s=5.0)
+        result = await sim.run(audio)
+    finally:
+        await server.stop(drain_timeout_s=2)
+    summary = result.summary()
+    summary["provider"] = graph.nodes["rt"].config.provider
+    summary["input_audio"] = audio_path
+    summary["byte_identical_echo"] = result.received_audio == audio
+    summary["outputs"] = _write_outputs(result, Path(args.out))
+    return summary
+
+
+def _data_file(name: str) -> Any:
+    from importlib import resources
+
+    return resources.files("telewire") / "data" / name
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging(os.environ.get("TELEWIRE_LOG_LEVEL", "INFO"))
+    summary = asyncio.run(_demo(args))
+    print(json.dumps(summary, indent=2))
+    out = summary["outputs"]
+    print(f"\nThe call's returned audio is in {out['agent_audio_wav']} "
+          f"(raw mu-law: {out['agent_audio_raw']}); its summary in {out['summary']}.")
+    return 0
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="telewire", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"telewire {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def graph_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE", help="graph file (default: the built-in graph)")
+        sp.add_argument("--set", action="append", metavar="NODE.config.KEY=VALUE",
+                        help="override a node config value (repeatable)")
+
+    s = sub.add_parser("serve", help="serve calls")
+    graph_args(s)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("plugins", help="installed carriers and node types")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--strict", action="store_true", help="exit 1 when any plugin failed to load")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("config", help="configuration")
+    csub = s.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="the effective configuration, secrets masked")
+    graph_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    s = sub.add_parser("call", help="simulate a carrier call into a running server")
+    s.add_argument("url", help="media WebSocket URL, e.g. ws://127.0.0.1:8080/media/twilio")
+    s.add_argument("audio", help="mu-law (.ulaw/.raw) or WAV (mu-law or 16-bit PCM) 8 kHz mono")
+    s.add_argument("--carrier", default="twilio")
+    s.add_argument("--param", action="append", metavar="NAME=VALUE", help="custom parameter")
+    s.add_argument("--dtmf", action="append", metavar="MS:DIGIT", help="press DIGIT at MS")
+    s.add_argument("--auth-token", help="sign the upgrade (default TELEWIRE_TWILIO_AUTH_TOKEN)")
+    s.add_argument("--pace", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    s.add_argument("--drain", type=float, default=3.0, help="seconds to wait for trailing audio")
+    s.add_argument("--out", default="call-output", help="folder for what comes back")
+    s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("demo", help="serve on a free port and run one simulated call through it")
+    s.add_argument("--audio", help="audio file to play (default: the bundled demo)")
+    s.add_argument("--set", action="append", metavar="NODE.config.KEY=VALUE")
+    s.add_argument("--pace", type=float, default=1.0)
+    s.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "telewire-demo"))
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"telewire: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except TelewireError as exc:
+        print(f"telewire: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Typed frames: the small immutable values that flow along a call's graph.
+
+Depends only on the standard library and ``telewire.errors``; everything else depends on it.
+
+Frames are created 50+ times a second per call, so they are plain slotted dataclasses validated in
+``__post_init__`` (no pydantic here). An :class:`AudioFrame` keeps the wire form it arrived in
+(base64 text or raw bytes) and converts only when a consumer asks, so the pass-through path never
+decodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
+
+__all__ = [
+    "AUDIO_CODECS",
+    "DTMF_DIGITS",
+    "AudioFrame",
+    "DTMFFrame",
+    "EndFrame",
+    "ErrorFrame",
+    "Frame",
+    "InterruptFrame",
+    "MarkFrame",
+    "MediaFormat",
+    "StartFrame",
+    "SteerFrame",
+    "TranscriptFrame",
+    "UsageFrame",
+    "bytes_per_ms",
+]
+
+#: Codecs a frame may carry. ``pcmu`` is G.711 mu-law, ``pcma`` G.711 A-law, ``l16`` 16-bit
+#: little-endian linear PCM.
+AUDIO_CODECS = frozenset({"pcmu", "pcma", "l16"})
+#: Every digit a telephone keypad can send (RFC 4733 events 0-15).
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def bytes_per_ms(codec: str, sample_rate: int, channels: int = 1) -> float:
+    """Return how many bytes of ``codec`` audio make one millisecond."""
+    width = 2 if codec == "l16" else 1
+    return sample_rate * width * channels / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    """The audio format on one side of a call: codec, sample rate, channels."""
+
+    codec: str = "pcmu"
+    sample_rate: int = 8000
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.codec not in AUDIO_CODECS:
+            raise ValueError(f"codec must be one of {sorted(AUDIO_CODECS)}, not {self.codec!r}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, not {self.sample_rate!r}")
+        if self.channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, not {self.channels!r}")
+
+
+PCMU_8K = MediaFormat()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """Base of every frame. ``kind`` is a short stable name used in logs and event archives."""
+
+    kind: ClassVar[str] = "frame"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartFrame(Frame):
+    """The call has started: who, where, and in which audio format.
+
+    Attributes:
+        carrier: carrier name (``"twilio"``).
+        stream_id: the carrier's media stream id (Twilio ``streamSid``).
+        call_id: the carrier's call id (Twilio ``callSid``).
+        account_id: the carrier account (Twilio ``accountSid``), when sent.
+        custom_parameters: string parameters passed from the answer document.
+        media_format: the caller audio's format.
+        tracks: the tracks the carrier will send.
+    """
+
+    kind: ClassVar[str] = "start"
+    carrier: str
+    stream_id: str
+    call_id: str = ""
+    account_id: str = ""
+    custom_parameters: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    media_format: MediaFormat = PCMU_8K
+    tracks: tuple[str, ...] = ("inbound",)
+
+    def __post_init__(self) -> None:
+        if not self.stream_id:
+            raise ValueError("StartFrame.stream_id must not be empty")
+        if not isinstance(self.custom_parameters, MappingProxyType):
+            object.__setattr__(
+                self, "custom_parameters", MappingProxyType(dict(self.custom_parameters))
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioFrame(Frame):
+    """A chunk of audio in its wire form.
+
+    ``payload`` is whatever arrived: base64 text (JSON carriers, the realtime API) or raw bytes
+    (binary carriers). :attr:`b64` and :attr:`data` convert on demand; nothing is converted
+    otherwise.
+
+    Attributes:
+        payload: base64 ``str`` or raw ``bytes``.
+        codec: one of :data:`AUDIO_CODECS`.
+        sample_rate: samples per second.
+        timestamp_ms: the carrier's media time of the first sample, when it gave one.
+        sequence: the carrier's chunk counter, when it gave one.
+        track: ``"inbound"`` (caller) or ``"outbound"`` (agent).
+        item_id: for agent audio, the model's conversation item it belongs to.
+    """
+
+    kind: ClassVar[str] = "audio"
+    payload: str | bytes
+    codec: str = "pcmu"
+    sample_rate: int = 8000
+    timestamp_ms: int | None = None
+    sequence: int | None = None
+    track: str = "inbound"
+    item_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec not in AUDIO_CODECS:
+            raise ValueError(f"AudioFrame.codec must be one of {sorted(AUDIO_CODECS)}, not {self.codec!r}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"AudioFrame.sample_rate must be positive, not {self.sample_rate!r}")
+
+    @property
+    def b64(self) -> str:
+        """The audio as base64 text (no work when it arrived as text)."""
+        p = self.payload
+        return p if isinstance(p, str) else base64.b64encode(p).decode("ascii")
+
+    @property
+    def data(self) -> bytes:
+        """The audio as raw bytes (decodes base64 when it arrived as text)."""
+        p = self.payload
+        if isinstance(p, bytes):
+            return p
+        try:
+            return binascii.a2b_base64(p, strict_mode=True)
+        except binascii.Error as exc:  # validated at the edge; this is a bug upstream
+            raise ValueError(f"AudioFrame payload is not valid base64: {exc}") from None
+
+    @property
+    def byte_length(self) -> int:
+        """Length of the raw audio in bytes, computed without decoding base64."""
+        p = self.payload
+        if isinstance(p, bytes):
+            return len(p)
+        n = len(p)
+        if n == 0:
+            return 0
+        return n * 3 // 4 - (2 if p.endswith("==") else 1 if p.endswith("=") else 0)
+
+    @property
+    def duration_ms(self) -> float:
+        """How long this audio plays, in milliseconds."""
+        return self.byte_length / bytes_per_ms(self.codec, self.sample_rate)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DTMFFrame(Frame):
+    """A keypad digit pressed by the caller."""
+
+    kind: ClassVar[str] = "dtmf"
+    digit: str
+    duration_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.digit not in DTMF_DIGITS:
+            raise ValueError(f"DTMF digit must be one of 0-9 * # A-D, not {self.digit!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkFrame(Frame):
+    """A playback mark: sent to the carrier after audio, echoed back when that audio has played
+    (or was cleared)."""
+
+    kind: ClassVar[str] = "mark"
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("MarkFrame.name must not be empty")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InterruptFrame(Frame):
+    """Stop the agent talking now (barge-in). ``source`` says who asked: ``"dtmf"``, ``"vad"``,
+    ``"model"`` or ``"operator"``."""
+
+    kind: ClassVar[str] = "interrupt"
+    source: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SteerFrame(Frame):
+    """Change the agent mid-call. ``None`` fields are left as they are."""
+
+    kind: ClassVar[str] = "steer"
+    instructions: str | None = None
+    voice: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.instructions is None and self.voice is None:
+            raise ValueError("SteerFrame needs instructions or voice")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptFrame(Frame):
+    """Text of what was said. ``role`` is ``"caller"`` or ``"agent"``; ``final`` marks a
+    completed transcript as opposed to a delta."""
+
+    kind: ClassVar[str] = "transcript"
+    role: str
+    text: str
+    item_id: str | None = None
+    final: bool = True
+
+    def __post_init__(self) -> None:
+        if self.role not in ("caller", "agent"):
+            raise ValueError(f"TranscriptFrame.role must be 'caller' or 'agent', not {self.role!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageFrame(Frame):
+    """Token usage of one model response, as the provider reported it."""
+
+    kind: ClassVar[str] = "usage"
+    provider: str
+    model: str = ""
+    response_id: str | None = None
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_cached_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndFrame(Frame):
+    """The call is over. ``reason`` is short and stable (``"carrier_stop"``, ``"hangup"``,
+    ``"socket_closed"``, ``"provider_error"`` …); ``detail`` is free text."""
+
+    kind: ClassVar[str] = "end"
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorFrame(Frame):
+    """Something went wrong that the graph should know about. ``fatal`` errors end the call."""
+
+    kind: ClassVar[str] = "error"
+    source: str
+    message: str
+    fatal: bool = False
+    details: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)

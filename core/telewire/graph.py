@@ -1,0 +1,415 @@
+"""Graph files: load, validate and instantiate a call's graph of typed-frame nodes.
+
+Depends on ``telewire.nodes``, ``telewire.frames``, ``telewire.registry`` and ``telewire.errors``;
+``server`` and ``cli`` depend on it.
+
+A graph file is TOML::
+
+    edges = ["tel_in.audio -> rt.audio_in", "rt.audio_out -> tel_out.audio_in"]
+
+    [nodes.tel_in]
+    type = "carrier_in"          # an entry point in group telewire.nodes
+    version = ">=0.1,<1"         # optional pin on the distribution providing the type
+    [nodes.tel_in.config]
+    interrupt_dtmf_digit = "*"
+
+Loading rejects an unknown node type, an unknown port, an edge whose frame types do not match
+and a config key or value the node does not accept, naming the file, the node and the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
+
+from loguru import logger
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+from pydantic import ValidationError
+from stevedore import ExtensionManager
+
+from telewire.carrier import CallContext
+from telewire.errors import ConfigError, GraphError
+from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
+from telewire.nodes.base import Handler, Node
+from telewire.registry import entry_point_origin
+
+if TYPE_CHECKING:
+    from telewire.registry import Carrier
+
+__all__ = [
+    "NODE_GROUP",
+    "CallGraph",
+    "Edge",
+    "Graph",
+    "NodeSpec",
+    "Observer",
+    "apply_overrides",
+    "default_graph_path",
+    "load_graph",
+    "node_types",
+]
+
+NODE_GROUP = "telewire.nodes"
+_EDGE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)\s*->\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)\s*$")
+
+#: An observer of a port: called with (node name, port name, frame) for every frame, after the
+#: frame's targets. Observers must be quick and must not raise (errors are logged and dropped).
+Observer = Callable[[str, str, Frame], None]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTypeInfo:
+    """A node type found in entry-point group ``telewire.nodes``."""
+
+    name: str
+    cls: type[Node] | None
+    entry_point: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+
+def node_types() -> dict[str, NodeTypeInfo]:
+    """Every installed node type, including the ones that failed to load (with their error)."""
+    found: dict[str, NodeTypeInfo] = {}
+
+    def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
+        dist, version = entry_point_origin(NODE_GROUP, ep.name, ep.value)
+        found[ep.name] = NodeTypeInfo(ep.name, None, ep.value, dist, version,
+                                      f"{type(err).__name__}: {err}")
+
+    mgr = ExtensionManager(namespace=NODE_GROUP, invoke_on_load=False,
+                           on_load_failure_callback=on_failure)
+    for ext in mgr.extensions:
+        dist, version = entry_point_origin(NODE_GROUP, ext.name, ext.entry_point.value)
+        cls = ext.plugin
+        error = None
+        if not (isinstance(cls, type) and issubclass(cls, Node)):
+            error = f"TypeError: {ext.entry_point.value} is not a telewire.nodes.Node subclass"
+            cls = None
+        found[ext.name] = NodeTypeInfo(ext.name, cls, ext.entry_point.value, dist, version, error)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """One validated node of a graph file."""
+
+    name: str
+    type: str
+    cls: type[Node]
+    config: Any
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``src.src_port -> dst.dst_port``."""
+
+    src: str
+    src_port: str
+    dst: str
+    dst_port: str
+
+    def __str__(self) -> str:
+        return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
+
+
+def default_graph_path() -> Path:
+    """The graph that ships with telewire (``telewire/data/default_graph.toml``)."""
+    return Path(str(resources.files("telewire") / "data" / "default_graph.toml"))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], *, source: str) -> None:
+    """Apply ``NODE.config.KEY=VALUE`` overrides to a raw graph dict in place.
+
+    ``VALUE`` is read as a TOML value when it parses as one (``5``, ``true``, ``"x"``,
+    ``[1, 2]``) and as a plain string otherwise.
+
+    Raises:
+        ConfigError: an override that is not of the form ``NODE.config.KEY=VALUE`` or names a
+            node the graph does not have.
+    """
+    nodes = raw.setdefault("nodes", {})
+    for item in overrides:
+        path, sep, value = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or len(parts) < 3 or parts[1] != "config" or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected NODE.config.KEY=VALUE "
+                              "(for example rt.config.provider=echo)")
+        node = parts[0]
+        if node not in nodes:
+            raise ConfigError(f"--set {item!r}: {source} has no node {node!r}; nodes: "
+                              f"{', '.join(sorted(nodes)) or 'none'}")
+        try:
+            parsed: Any = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        target = nodes[node].setdefault("config", {})
+        for key in parts[2:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a table")
+        target[parts[-1]] = parsed
+
+
+def _config_error(exc: ValidationError, source: str, node: str) -> GraphError:
+    lines = [f"{source}: node {node!r}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (value {value!r})"
+        lines.append(f"  {node}.config.{loc}: {err['msg']}{shown}")
+    return GraphError("\n".join(lines))
+
+
+class Graph:
+    """A validated graph: node specs and typed edges. Immutable; shared by every call."""
+
+    def __init__(self, nodes: Mapping[str, NodeSpec], edges: Iterable[Edge], source: str) -> None:
+        self.nodes = dict(nodes)
+        self.edges = tuple(edges)
+        self.source = source
+        self._check()
+
+    def _check(self) -> None:
+        src = self.source
+        for edge in self.edges:
+            for end, port, kind in ((edge.src, edge.src_port, "outputs"),
+                                    (edge.dst, edge.dst_port, "inputs")):
+                if end not in self.nodes:
+                    raise GraphError(f"{src}: edge '{edge}': no node {end!r}; nodes: "
+                                     f"{', '.join(sorted(self.nodes))}")
+                ports = getattr(self.nodes[end].cls, kind)
+                if port not in ports:
+                    direction = "output" if kind == "outputs" else "input"
+                    raise GraphError(
+                        f"{src}: edge '{edge}': node {end!r} (type "
+                        f"{self.nodes[end].type!r}) has no {direction} port {port!r}; "
+                        f"{direction} ports: {', '.join(sorted(ports)) or 'none'}")
+            sent = self.nodes[edge.src].cls.outputs[edge.src_port]
+            accepted = self.nodes[edge.dst].cls.inputs[edge.dst_port]
+            bad = [t.__name__ for t in sent if not issubclass(t, accepted)]
+            if bad:
+                raise GraphError(
+                    f"{src}: edge '{edge}': {edge.dst}.{edge.dst_port} accepts "
+                    f"{', '.join(t.__name__ for t in accepted)} but {edge.src}.{edge.src_port} "
+                    f"emits {', '.join(bad)}")
+
+    def nodes_of_type(self, cls: type[Node]) -> list[str]:
+        """Names of the nodes whose type is ``cls`` or a subclass."""
+        return [n for n, s in self.nodes.items() if issubclass(s.cls, cls)]
+
+    def check_carrier(self, carrier: Carrier) -> None:
+        """Refuse a carrier that lacks a capability a node of this graph requires."""
+        for name, spec in self.nodes.items():
+            for cap in spec.cls.requires:
+                if not getattr(carrier.capabilities, cap, False):
+                    raise GraphError(f"{self.source}: node {name!r} (type {spec.type!r}) needs "
+                                     f"carrier capability {cap!r}, which carrier "
+                                     f"{carrier.name!r} does not have")
+
+    def instantiate(self, call: "CallGraph") -> dict[str, Node]:
+        """Make this graph's nodes for one call and wire their ports."""
+        nodes = {name: spec.cls(name, spec.config, call) for name, spec in self.nodes.items()}
+        targets: dict[tuple[str, str], list[Handler]] = {}
+        for e in self.edges:
+            targets.setdefault((e.src, e.src_port), []).append(nodes[e.dst].handler(e.dst_port))
+        for name, node in nodes.items():
+            for port in node.outputs:
+                hs = targets.get((name, port), [])
+                observers = call.observers_for(name, port)
+                node.connect(port, _fanout(name, port, hs, observers))
+        return nodes
+
+
+def _fanout(node: str, port: str, handlers: list[Handler],
+            observers: list[Observer]) -> Handler:
+    """The cheapest dispatcher for a port's targets and observers."""
+    if not observers:
+        if len(handlers) == 1:
+            return handlers[0]
+        if not handlers:
+            async def drop(frame: Frame) -> None:
+                return None
+            return drop
+
+        async def many(frame: Frame) -> None:
+            for h in handlers:
+                await h(frame)
+        return many
+
+    async def observed(frame: Frame) -> None:
+        for h in handlers:
+            await h(frame)
+        for ob in observers:
+            try:
+                ob(node, port, frame)
+            except Exception:  # an observer must never break the call
+                logger.exception("observer of {}.{} failed", node, port)
+    return observed
+
+
+def load_graph(path: str | Path | None = None, overrides: Iterable[str] = (),
+               *, types: Mapping[str, NodeTypeInfo] | None = None) -> Graph:
+    """Load and validate a graph file (the default graph when ``path`` is ``None``).
+
+    Args:
+        path: the TOML graph file.
+        overrides: ``NODE.config.KEY=VALUE`` strings applied before validation.
+        types: node types to use instead of the installed entry points (tests).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed.
+        GraphError: unknown node type, version pin not met, bad config, unknown port, mistyped
+            edge — naming the file, node and port.
+    """
+    p = Path(path) if path is not None else default_graph_path()
+    source = str(p)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read graph file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return build_graph(raw, source=source, overrides=overrides, types=types)
+
+
+def build_graph(raw: dict[str, Any], *, source: str, overrides: Iterable[str] = (),
+                types: Mapping[str, NodeTypeInfo] | None = None) -> Graph:
+    """Validate a graph given as a dict (the parsed TOML); see :func:`load_graph`."""
+    unknown = set(raw) - {"nodes", "edges", "description"}
+    if unknown:
+        raise GraphError(f"{source}: unknown top-level keys {sorted(unknown)}; "
+                         "expected nodes, edges, description")
+    apply_overrides(raw, overrides, source=source)
+    raw_nodes = raw.get("nodes")
+    if not isinstance(raw_nodes, dict) or not raw_nodes:
+        raise GraphError(f"{source}: no [nodes.<name>] tables")
+    available = node_types() if types is None else types
+    specs: dict[str, NodeSpec] = {}
+    for name, body in raw_nodes.items():
+        if not isinstance(body, dict):
+            raise GraphError(f"{source}: nodes.{name} must be a table")
+        extra = set(body) - {"type", "config", "version"}
+        if extra:
+            raise GraphError(f"{source}: node {name!r}: unknown keys {sorted(extra)}; "
+                             "expected type, config, version")
+        type_name = body.get("type")
+        if not isinstance(type_name, str):
+            raise GraphError(f"{source}: node {name!r} has no type")
+        info = available.get(type_name)
+        if info is None:
+            raise GraphError(f"{source}: node {name!r}: unknown node type {type_name!r}; "
+                             f"installed: {', '.join(sorted(available)) or 'none'}")
+        if info.cls is None:
+            raise GraphError(f"{source}: node {name!r}: node type {type_name!r} failed to "
+                             f"load: {info.error}")
+        pin = body.get("version")
+        if pin is not None:
+            _check_pin(source, name, type_name, str(pin), info)
+        try:
+            config = info.cls.Config.model_validate(body.get("config", {}))
+        except ValidationError as exc:
+            raise _config_error(exc, source, name) from None
+        specs[name] = NodeSpec(name, type_name, info.cls, config, pin)
+    edges = []
+    raw_edges = raw.get("edges", [])
+    if not isinstance(raw_edges, list):
+        raise GraphError(f"{source}: edges must be a list of 'node.port -> node.port' strings")
+    for item in raw_edges:
+        m = _EDGE_RE.match(item) if isinstance(item, str) else None
+        if m is None:
+            raise GraphError(f"{source}: edge {item!r} is not of the form "
+                             "'node.port -> node.port'")
+        edges.append(Edge(*m.groups()))
+    return Graph(specs, edges, source)
+
+
+def _check_pin(source: str, node: str, type_name: str, pin: str, info: NodeTypeInfo) -> None:
+    try:
+        spec = SpecifierSet(pin)
+    except InvalidSpecifier:
+        raise GraphError(f"{source}: node {node!r}: version {pin!r} is not a version range "
+                         "like '>=1.1,<2'") from None
+    if not info.version or Version(info.version) not in spec:
+        raise GraphError(
+            f"{source}: node {node!r}: type {type_name!r} comes from "
+            f"{info.distribution or 'an unknown distribution'} {info.version or '(no version)'}, "
+            f"which does not satisfy version {pin!r}")
+
+
+SendFn = Callable[[str | bytes], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class CallGraph:
+    """One call: its nodes, its carrier context, and how to talk to the carrier.
+
+    The server creates one per media WebSocket, feeds each received message to the carrier-in
+    node and awaits :meth:`run_until_end`. Each call is isolated: a failure in one call's nodes
+    ends that call and is logged with its ids; nothing is shared between calls but the
+    immutable :class:`Graph` and :class:`~telewire.registry.Carrier`.
+    """
+
+    graph: Graph
+    carrier: Carrier
+    send: SendFn
+    observers: Mapping[tuple[str, str], list[Observer]] = field(default_factory=dict)
+    context: CallContext = field(init=False)
+    nodes: dict[str, Node] = field(init=False)
+    ended: asyncio.Event = field(init=False)
+    end_frame: EndFrame | None = field(init=False, default=None)
+    errors: list[ErrorFrame] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.context = self.carrier.new_call()
+        self.log = logger.bind(carrier=self.carrier.name, call_sid="", stream_sid="")
+        self.ended = asyncio.Event()
+        self._started = False
+        self._ending = False
+        self.nodes = self.graph.instantiate(self)
+
+    def observers_for(self, node: str, port: str) -> list[Observer]:
+        return list(self.observers.get((node, port), ())) + list(self.observers.get(("*", "*"), ()))
+
+    async def send_to_carrier(self, message: str | bytes) -> None:
+        if not self._ending or not self.ended.is_set():
+            await self.send(message)
+
+    async def start(self, frame: StartFrame) -> None:
+        """Broadcast the call's start to every node (once)."""
+        if self._started:
+            return
+        self._started = True
+        self.log = logger.bind(carrier=frame.carrier, call_sid=frame.call_id,
+                               stream_sid=frame.stream_id)
+        self.log.info("call started ({} {} Hz)", frame.media_format.codec,
+                      frame.media_format.sample_rate)
+        for node in self.nodes.values():
+            await node.on_call_start(frame)
+
+    def report(self, frame: ErrorFrame) -> None:
+        self.errors.append(frame)
+        if len(self.errors) > 1000:
+            del self.errors[:500]
+
+    async def end(self, reason: str, detail: str = "") -> None:
+        """End the call once: every node's ``on_call_end`` runs, then :attr:`ended` is set."""
+        if self._ending:
+            return
+        self._ending = True
+        self.end_frame = EndFrame(reason=reason, detail=detail)
+        self.log.info("call ended: {}{}", reason, f" ({detail})" if detail else "")
+        for name, node in self.nodes.items():
+            try:
+                await node.on_call_end(self.end_frame)
+            except Exception:
+                self.log.exception("node {!r} failed while ending the call", name)
+        self.ended.set()

@@ -1,0 +1,193 @@
+"""The carrier contract: every hook a carrier plugin implements, with its docstring as the contract.
+
+Depends on ``telewire.frames`` and ``telewire.carrier``. Nothing outside ``telewire.registry``
+calls these hooks; the registry's typed facade does, by keyword, one carrier at a time.
+
+Carrier hooks are sans-I/O and synchronous: text or bytes in, typed frames out; envelope in,
+envelope out. No sockets, no ``await``, no sleeping, no globals (per-call state lives in
+``call.state``). The core's async layer feeds them, so they are testable with no event loop.
+
+Each carrier distribution registers one plugin object under entry-point group
+``telewire.carriers``; the entry point's name is the carrier's name (``twilio``). The registry
+calls a carrier's hooks only on that carrier's plugin, so "first result" means "this carrier's
+answer", and ``None`` from an optional hook means "this carrier does not do that".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+    from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+    from telewire.frames import AudioFrame, Frame
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "telewire"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------------
+# identity
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def telewire_carrier_capabilities() -> Capabilities:
+    """Declare what this carrier's media socket can do.
+
+    Called once when the carrier is loaded. The core adapts to what is missing (a paced playout
+    cursor when there are no marks) and refuses a graph that needs a capability the carrier lacks.
+
+    Returns:
+        The carrier's :class:`~telewire.carrier.Capabilities`. Stops at the first non-None result.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def telewire_carrier_settings() -> type[BaseSettings] | None:
+    """Return the carrier's settings model, or ``None`` when it has no settings.
+
+    The model is a pydantic-settings class whose environment prefix is ``TELEWIRE_<NAME>_``
+    (``TELEWIRE_TWILIO_AUTH_TOKEN``). Secrets must be ``SecretStr`` so that
+    ``telewire config show`` masks them. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_carrier_warnings() -> Sequence[str] | None:
+    """Report configuration problems worth a warning when the server starts.
+
+    For example "signature validation is off: TELEWIRE_TWILIO_AUTH_TOKEN is not set". Never
+    include a secret. Returns ``None`` or an empty sequence when all is well.
+    Stops at the first non-None result.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# inbound
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def telewire_parse_inbound(call: CallContext, message: str | bytes) -> Sequence[Frame]:
+    """Parse one message received on the carrier's media socket into frames.
+
+    Args:
+        call: this call's context; ``call.started`` tells whether a start frame was seen.
+            The hook may keep per-call state in ``call.state``.
+        message: the WebSocket message exactly as received (``str`` for text frames, ``bytes``
+            for binary frames).
+
+    Returns:
+        The frames the message carries, in order: usually one (``StartFrame``, ``AudioFrame``
+        with the payload in its wire form, ``DTMFFrame``, ``MarkFrame``, ``EndFrame`` for a
+        stop). An empty sequence for a message that carries nothing for the graph (Twilio's
+        ``connected``). Stops at the first non-None result.
+
+    Raises:
+        CarrierProtocolError: the message is malformed (not JSON, missing or mistyped field,
+            invalid base64, unknown event, media before start). The message names the event and
+            the dotted field path. ``fatal=True`` only when the call cannot continue.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# outbound
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def telewire_wrap_audio(call: CallContext, frame: AudioFrame) -> str | bytes:
+    """Wrap agent audio in the carrier's outbound envelope.
+
+    Args:
+        call: this call's context (``call.stream_id`` is set).
+        frame: audio in the carrier's media format; ``frame.payload`` is in its wire form and
+            should be used as is (no decode, no re-encode) when the envelope carries base64.
+
+    Returns:
+        The message to send: ``str`` for a text frame, ``bytes`` for a binary frame.
+        Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_build_mark(call: CallContext, name: str) -> str | bytes | None:
+    """Build a mark message that the carrier echoes when the audio sent before it has played.
+
+    Args:
+        call: this call's context.
+        name: the mark's unique name.
+
+    Returns:
+        The message, or ``None`` when the carrier has no marks. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_build_clear(call: CallContext) -> str | bytes | None:
+    """Build the message that makes the carrier drop the audio it has buffered (barge-in).
+
+    Returns:
+        The message, or ``None`` when the carrier cannot clear. Stops at the first non-None result.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# control
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def telewire_answer_document(
+    request: HttpRequest, stream_url: str, parameters: Mapping[str, str]
+) -> HttpResponse | None:
+    """Build the document that answers the carrier's incoming-call webhook (TwiML, BXML …).
+
+    Args:
+        request: the webhook request (already authenticated by ``telewire_authenticate``).
+        stream_url: the absolute ``wss://``/``ws://`` URL of this server's media socket for the
+            carrier, with no query string.
+        parameters: custom parameters to pass to the media stream (they come back in the start
+            frame's ``custom_parameters``).
+
+    Returns:
+        The response document, or ``None`` when the carrier has no answer webhook.
+        Stops at the first non-None result.
+
+    Raises:
+        ConfigError: ``stream_url`` or ``parameters`` cannot go into the carrier's document
+            (a parameter too long for the carrier, a URL scheme it refuses); names which.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_authenticate(
+    request: HttpRequest, purpose: Literal["webhook", "websocket"]
+) -> bool | None:
+    """Check that a webhook or WebSocket upgrade really comes from the carrier.
+
+    Args:
+        request: the request as the carrier addressed it (public URL, headers, form body).
+        purpose: ``"webhook"`` for the answer webhook, ``"websocket"`` for the media upgrade.
+
+    Returns:
+        ``True`` when the signature was checked and is valid; ``False`` when checking is
+        switched off (no secret configured — the plugin warns at start-up); ``None`` when the
+        carrier has no such check. Stops at the first non-None result.
+
+    Raises:
+        AuthenticationError: the signature is missing or wrong. The message says which header
+            and which URL were checked, never the secret.
+    """

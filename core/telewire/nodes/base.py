@@ -1,0 +1,95 @@
+"""The node base class: typed input and output ports, per-call instances, cheap dispatch.
+
+Depends on ``telewire.frames`` and ``telewire.carrier``; every node type derives from it.
+
+A node type declares its ports as class attributes (``inputs``/``outputs``: port name to the
+frame types it carries) and its config as a pydantic model (validated once when the graph file is
+loaded). For each call the graph makes one instance of every node and wires each output port to
+its targets' handlers: ``await self.emit("audio_out", frame)`` is a dict lookup and direct
+awaits, with no task or queue per hop. An input port ``x`` is handled by ``async def on_x``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Mapping, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from telewire.carrier import CallContext
+    from telewire.registry import Carrier
+
+__all__ = ["CallHandle", "Handler", "Node", "NodeConfig"]
+
+Handler = Callable[[Frame], Awaitable[None]]
+
+
+class NodeConfig(BaseModel):
+    """Base of node config models: unknown keys are an error naming the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CallHandle(Protocol):
+    """What a node may ask of the call it runs in (implemented by ``telewire.graph.CallGraph``)."""
+
+    carrier: Carrier
+    context: CallContext
+    log: Logger
+
+    async def send_to_carrier(self, message: str | bytes) -> None:
+        """Send one message on the carrier's media socket."""
+
+    async def end(self, reason: str, detail: str = "") -> None:
+        """End the call (idempotent): every node sees one ``EndFrame``."""
+
+    def report(self, frame: ErrorFrame) -> None:
+        """Record a non-fatal error against the call."""
+
+
+async def _drop(frame: Frame) -> None:
+    """Target of an output port with nothing connected."""
+
+
+class Node:
+    """Base of every node type.
+
+    Class attributes:
+        inputs: input port name -> tuple of frame types accepted.
+        outputs: output port name -> tuple of frame types emitted.
+        Config: the pydantic model of ``[nodes.<name>.config]``.
+        requires: carrier capabilities the node needs (names of ``Capabilities`` fields).
+    """
+
+    inputs: ClassVar[Mapping[str, tuple[type[Frame], ...]]] = {}
+    outputs: ClassVar[Mapping[str, tuple[type[Frame], ...]]] = {}
+    Config: ClassVar[type[NodeConfig]] = NodeConfig
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, config: Any, call: CallHandle) -> None:
+        self.name = name
+        self.config = config
+        self.call = call
+        self._out: dict[str, Handler] = {port: _drop for port in self.outputs}
+
+    def connect(self, port: str, handler: Handler) -> None:
+        """Wire output ``port`` to ``handler`` (the graph calls this once per call)."""
+        self._out[port] = handler
+
+    async def emit(self, port: str, frame: Frame) -> None:
+        """Send ``frame`` out of ``port`` to every connected input and observer."""
+        await self._out[port](frame)
+
+    def handler(self, port: str) -> Handler:
+        """The coroutine function handling input ``port``."""
+        return getattr(self, "on_" + port)
+
+    async def on_call_start(self, frame: StartFrame) -> None:
+        """The call started (every node sees it, before any other frame)."""
+
+    async def on_call_end(self, frame: EndFrame) -> None:
+        """The call ended (every node sees it once; release resources here)."""

@@ -1,0 +1,333 @@
+"""Carrier discovery and the typed facade through which the core calls carrier hooks.
+
+Depends on ``telewire.hookspecs``, ``telewire.carrier``, ``telewire.frames`` and
+``telewire.errors``. Nothing outside this module touches ``pm.hook``.
+
+stevedore discovers plugins in entry-point group ``telewire.carriers`` (a plugin that fails to
+load is recorded with its name and error while the rest load); pluggy validates each against the
+hookspec (``check_pending``) and calls it. A :class:`Carrier` binds one carrier's hooks once, so
+the per-frame path is one pluggy call on one implementation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
+
+import pluggy
+from loguru import logger
+from stevedore import ExtensionManager
+
+from telewire import hookspecs
+from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+from telewire.errors import CarrierError, ConfigError, PluginError
+from telewire.frames import AudioFrame, Frame
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+__all__ = [
+    "CARRIER_GROUP",
+    "Carrier",
+    "CarrierRegistry",
+    "LoadFailure",
+    "PluginInfo",
+    "default_registry",
+    "entry_point_origin",
+]
+
+CARRIER_GROUP = "telewire.carriers"
+_REQUIRED_HOOKS = (
+    "telewire_carrier_capabilities",
+    "telewire_parse_inbound",
+    "telewire_wrap_audio",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A plugin that could not be loaded: its entry point, distribution and error."""
+
+    name: str
+    entry_point: str
+    distribution: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """An installed plugin (carrier, node type, store …) for ``telewire plugins``."""
+
+    group: str
+    name: str
+    entry_point: str
+    distribution: str
+    version: str
+
+
+def entry_point_origin(group: str, name: str, value: str = "") -> tuple[str, str]:
+    """The ``(distribution, version)`` that provides entry point ``name`` in ``group``.
+
+    stevedore's cached entry points do not carry their distribution, so it is looked up here.
+    Returns empty strings when it cannot be found (a plugin registered by hand).
+    """
+    for ep in metadata.entry_points(group=group, name=name):
+        if value and ep.value != value:
+            continue
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            return dist.metadata["Name"] or "", dist.version or ""
+    return "", ""
+
+
+class Carrier:
+    """One carrier's hooks, bound once, called by keyword, with plugin failures turned into
+    :class:`~telewire.errors.PluginError` naming carrier and hook.
+
+    Carrier errors (:class:`~telewire.errors.CarrierError`) raised by a hook pass through
+    unchanged: they are the remote side's fault, not the plugin's.
+    """
+
+    __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
+                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings")
+
+    def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
+        self.name = name
+        self.distribution = distribution
+        self.version = version
+        self._parse = hook.telewire_parse_inbound
+        self._wrap = hook.telewire_wrap_audio
+        self._mark = hook.telewire_build_mark
+        self._clear = hook.telewire_build_clear
+        self._answer = hook.telewire_answer_document
+        self._auth = hook.telewire_authenticate
+        self._settings = hook.telewire_carrier_settings
+        self._warnings = hook.telewire_carrier_warnings
+        caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
+        if not isinstance(caps, Capabilities):
+            raise PluginError(
+                f"carrier {name!r}: telewire_carrier_capabilities returned {caps!r}, "
+                "not a telewire.Capabilities",
+                plugin=name, hook="telewire_carrier_capabilities",
+            )
+        self.capabilities: Capabilities = caps
+
+    def _call(self, hook_name: str, caller: Any, **kwargs: Any) -> Any:
+        try:
+            return caller(**kwargs)
+        except (CarrierError, ConfigError, PluginError):
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"carrier {self.name!r}: hook {hook_name} raised {type(exc).__name__}: {exc}",
+                plugin=self.name, hook=hook_name,
+            ) from exc
+
+    def new_call(self) -> CallContext:
+        """A fresh per-call context for this carrier."""
+        return CallContext(carrier=self.name, media_format=self.capabilities.media_format)
+
+    def parse_inbound(self, call: CallContext, message: str | bytes) -> Sequence[Frame]:
+        """Parse one inbound message (see ``telewire_parse_inbound``)."""
+        try:
+            frames = self._parse(call=call, message=message)
+        except (CarrierError, PluginError):
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"carrier {self.name!r}: hook telewire_parse_inbound raised "
+                f"{type(exc).__name__}: {exc}", plugin=self.name, hook="telewire_parse_inbound",
+            ) from exc
+        if frames is None:
+            raise PluginError(f"carrier {self.name!r}: telewire_parse_inbound returned None",
+                              plugin=self.name, hook="telewire_parse_inbound")
+        return frames
+
+    def wrap_audio(self, call: CallContext, frame: AudioFrame) -> str | bytes:
+        """Wrap agent audio (see ``telewire_wrap_audio``)."""
+        try:
+            out = self._wrap(call=call, frame=frame)
+        except Exception as exc:
+            raise PluginError(
+                f"carrier {self.name!r}: hook telewire_wrap_audio raised "
+                f"{type(exc).__name__}: {exc}", plugin=self.name, hook="telewire_wrap_audio",
+            ) from exc
+        if out is None:
+            raise PluginError(f"carrier {self.name!r}: telewire_wrap_audio returned None",
+                              plugin=self.name, hook="telewire_wrap_audio")
+        return out
+
+    def build_mark(self, call: CallContext, name: str) -> str | bytes | None:
+        """A mark message, or ``None`` when the carrier has no marks."""
+        return self._call("telewire_build_mark", self._mark, call=call, name=name)
+
+    def build_clear(self, call: CallContext) -> str | bytes | None:
+        """A clear message, or ``None`` when the carrier cannot clear."""
+        return self._call("telewire_build_clear", self._clear, call=call)
+
+    def answer_document(self, request: HttpRequest, stream_url: str,
+                        parameters: Mapping[str, str]) -> HttpResponse | None:
+        """The answer-webhook document, or ``None`` when the carrier has none."""
+        return self._call("telewire_answer_document", self._answer, request=request,
+                          stream_url=stream_url, parameters=parameters)
+
+    def authenticate(self, request: HttpRequest,
+                     purpose: Literal["webhook", "websocket"]) -> bool | None:
+        """Check a request's signature; raises ``AuthenticationError`` when it is bad."""
+        return self._call("telewire_authenticate", self._auth, request=request, purpose=purpose)
+
+    def warnings(self) -> list[str]:
+        """Start-up warnings about this carrier's configuration."""
+        return list(self._call("telewire_carrier_warnings", self._warnings) or ())
+
+    def settings_model(self) -> type[BaseSettings] | None:
+        """The carrier's pydantic-settings model, when it has one."""
+        return self._call("telewire_carrier_settings", self._settings)
+
+
+class CarrierRegistry:
+    """Discovers carrier plugins and hands out :class:`Carrier` facades by name.
+
+    Args:
+        plugins: extra ``name -> plugin object`` pairs registered besides (or instead of) the
+            entry points; used by tests and by applications embedding telewire.
+        discover: load entry points from group ``telewire.carriers``.
+    """
+
+    def __init__(self, plugins: Mapping[str, object] | None = None, *, discover: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: list[LoadFailure] = []
+        self.infos: dict[str, PluginInfo] = {}
+        self._carriers: dict[str, Carrier] = {}
+        self._lock = threading.Lock()
+        if discover:
+            self._discover()
+        for name, plugin in (plugins or {}).items():
+            self._register(name, plugin, PluginInfo(CARRIER_GROUP, name, "", "", ""))
+
+    def _discover(self) -> None:
+        def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
+            dist, _ = entry_point_origin(CARRIER_GROUP, ep.name, ep.value)
+            failure = LoadFailure(ep.name, ep.value, dist, f"{type(err).__name__}: {err}")
+            self.failures.append(failure)
+            logger.error("carrier plugin {!r} ({}) failed to load: {}", ep.name, ep.value,
+                         failure.error)
+
+        mgr = ExtensionManager(
+            namespace=CARRIER_GROUP,
+            invoke_on_load=False,
+            on_load_failure_callback=on_failure,
+        )
+        seen: dict[str, str] = {}
+        for ext in mgr.extensions:
+            dist, version = entry_point_origin(CARRIER_GROUP, ext.name, ext.entry_point.value)
+            if ext.name in seen:
+                self.failures.append(LoadFailure(
+                    ext.name, ext.entry_point.value, dist,
+                    f"ConflictError: carrier name {ext.name!r} is also claimed by "
+                    f"{seen[ext.name]}; neither is loaded",
+                ))
+                self._unregister(ext.name)
+                continue
+            seen[ext.name] = ext.entry_point.value
+            info = PluginInfo(CARRIER_GROUP, ext.name, ext.entry_point.value, dist, version)
+            try:
+                self._register(ext.name, ext.plugin, info)
+            except PluginError as exc:
+                self.failures.append(LoadFailure(ext.name, ext.entry_point.value, dist, str(exc)))
+                logger.error("carrier plugin {!r} rejected: {}", ext.name, exc)
+
+    def _register(self, name: str, plugin: object, info: PluginInfo) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"carrier {name!r}: {exc}", plugin=name) from None
+        try:
+            self.pm.check_pending()
+            impls = {i.name for i in self.pm.get_hookcallers(plugin) or []}
+            missing = [h for h in _REQUIRED_HOOKS if h not in impls]
+            if missing:
+                raise PluginError(f"carrier {name!r} does not implement required hooks: "
+                                  + ", ".join(missing), plugin=name)
+        except (pluggy.PluginValidationError, PluginError) as exc:
+            self.pm.unregister(plugin)
+            msg = exc.args[0] if exc.args else str(exc)
+            raise PluginError(f"carrier {name!r} breaks the hook contract: {msg}",
+                              plugin=name) from None
+        self.infos[name] = info
+
+    def _unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.infos.pop(name, None)
+
+    def names(self) -> list[str]:
+        """Names of the carriers that loaded."""
+        return sorted(self.infos)
+
+    def get(self, name: str) -> Carrier:
+        """The facade for carrier ``name``, built on first use.
+
+        Raises:
+            ConfigError: no such carrier; the message lists the installed ones and any that
+                failed to load with their error.
+        """
+        carrier = self._carriers.get(name)
+        if carrier is not None:
+            return carrier
+        with self._lock:
+            carrier = self._carriers.get(name)
+            if carrier is None:
+                plugin = self.pm.get_plugin(name)
+                if plugin is None:
+                    raise ConfigError(self._unknown_message(name))
+                others = [p for p in self.pm.get_plugins() if p is not plugin]
+                hook = _SubsetHooks(self.pm, others)
+                info = self.infos[name]
+                carrier = Carrier(name, hook, info.distribution, info.version)
+                self._carriers[name] = carrier
+        return carrier
+
+    def _unknown_message(self, name: str) -> str:
+        msg = f"unknown carrier {name!r}; installed: {', '.join(self.names()) or 'none'}"
+        for f in self.failures:
+            if f.name == name:
+                msg += f"; {name!r} is installed but failed to load: {f.error}"
+        return msg
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.infos
+
+    def __iter__(self) -> Iterable[str]:  # type: ignore[override]
+        return iter(self.names())
+
+
+class _SubsetHooks:
+    """``hook.<name>`` restricted to one plugin (pluggy's subset hook caller), resolved once."""
+
+    def __init__(self, pm: pluggy.PluginManager, exclude: list[object]) -> None:
+        self._pm = pm
+        self._exclude = exclude
+
+    def __getattr__(self, name: str) -> Any:
+        caller = self._pm.subset_hook_caller(name, remove_plugins=self._exclude)
+        setattr(self, name, caller)
+        return caller
+
+
+_default: CarrierRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> CarrierRegistry:
+    """The process-wide registry of installed carriers, discovered on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = CarrierRegistry()
+    return _default

@@ -1,0 +1,246 @@
+"""The HTTP/WebSocket server: carrier media sockets, answer webhooks and health, on one port.
+
+Depends on ``telewire.graph``, ``telewire.registry``, ``telewire.settings`` and
+``telewire.errors``; only ``cli`` and ``testing`` depend on it.
+
+Routes:
+    ``GET /media/{carrier}``          WebSocket upgrade: one call per connection.
+    ``GET|POST /answer/{carrier}``    the carrier's incoming-call webhook (TwiML, BXML …).
+    ``GET /healthz``                  liveness and load: live calls, limit, carriers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import WSMsgType, web
+from loguru import logger
+
+from telewire.carrier import HttpRequest
+from telewire.errors import AuthenticationError, ConfigError, PluginError
+from telewire.graph import CallGraph, Graph, Observer
+from telewire.nodes.carrier_in import CarrierIn
+from telewire.registry import CarrierRegistry
+from telewire.settings import ServerSettings
+
+__all__ = ["TelewireServer"]
+
+#: Builds the observers of one call: ``{(node, port): [observer, …]}``; ``("*", "*")`` taps all.
+ObserverFactory = Callable[[], Mapping[tuple[str, str], list[Observer]]]
+
+
+class TelewireServer:
+    """Serves calls for every installed carrier through one graph.
+
+    Args:
+        settings: process settings.
+        graph: the validated graph every call runs.
+        registry: the carriers.
+        observers: builds per-call port observers (recorder, tracing attach here).
+    """
+
+    def __init__(self, settings: ServerSettings, graph: Graph, registry: CarrierRegistry,
+                 observers: ObserverFactory | None = None) -> None:
+        self.settings = settings
+        self.graph = graph
+        self.registry = registry
+        self.observers = observers
+        ins = graph.nodes_of_type(CarrierIn)
+        if len(ins) != 1:
+            raise ConfigError(f"{graph.source}: a graph needs exactly one carrier_in node, "
+                              f"found {len(ins)}: {ins}")
+        self.tel_in = ins[0]
+        self.calls: set[CallGraph] = set()
+        self.calls_total = 0
+        self.draining = False
+        self.app = web.Application()
+        self.app.add_routes([
+            web.get("/media/{carrier}", self.media),
+            web.get("/answer/{carrier}", self.answer),
+            web.post("/answer/{carrier}", self.answer),
+            web.get("/healthz", self.healthz),
+        ])
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> int:
+        """Start listening; returns the bound port. Logs each carrier's start-up warnings."""
+        for name in self.registry.names():
+            try:
+                carrier = self.registry.get(name)
+                self.graph.check_carrier(carrier)
+                for warning in carrier.warnings():
+                    logger.warning("carrier {}: {}", name, warning)
+            except (PluginError, ConfigError) as exc:
+                logger.error("carrier {} unusable: {}", name, exc)
+        for failure in self.registry.failures:
+            logger.error("carrier plugin {!r} failed to load: {}", failure.name, failure.error)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port,
+                           reuse_address=True)
+        await site.start()
+        server = site._server  # the asyncio server; aiohttp keeps no public accessor
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        logger.info("telewire listening on http://{}:{} (carriers: {})", self.settings.host,
+                    self.port, ", ".join(self.registry.names()) or "none")
+        return self.port
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting calls, let live calls finish (up to the drain timeout), end the rest."""
+        self.draining = True
+        timeout = self.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self.calls:
+            logger.info("draining {} live call(s) for up to {:.0f} s", len(self.calls), timeout)
+            waits = [asyncio.ensure_future(c.ended.wait()) for c in list(self.calls)]
+            _, pending = await asyncio.wait(waits, timeout=timeout) if waits else (set(), set())
+            for p in pending:
+                p.cancel()
+            for call in list(self.calls):
+                await call.end("shutdown", "server stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----------------------------------------------------------------------------- requests
+
+    def _public_url(self, request: web.Request, *, websocket: bool) -> str:
+        base = self.settings.public_url
+        if base:
+            parts = urlsplit(base)
+            scheme, netloc = parts.scheme, parts.netloc
+            prefix = parts.path.rstrip("/")
+        else:
+            scheme, netloc, prefix = request.scheme, request.host, ""
+            if self.settings.trust_forwarded:
+                scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+                netloc = request.headers.get("X-Forwarded-Host", netloc).split(",")[0].strip()
+        if websocket:
+            scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        return urlunsplit((scheme, netloc, prefix + request.path, request.query_string, ""))
+
+    async def _http_request(self, request: web.Request, *, websocket: bool) -> HttpRequest:
+        form: tuple[tuple[str, str], ...] = ()
+        body = b""
+        if request.method == "POST":
+            body = await request.read()
+            if request.content_type == "application/x-www-form-urlencoded":
+                data = await request.post()
+                form = tuple((k, str(v)) for k, v in data.items())
+        return HttpRequest(
+            method=request.method,
+            url=self._public_url(request, websocket=websocket),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            form=form,
+            query=tuple(request.query.items()),
+            body=body,
+        )
+
+    def _carrier(self, request: web.Request) -> Any:
+        name = request.match_info["carrier"]
+        try:
+            return self.registry.get(name)
+        except (ConfigError, PluginError) as exc:
+            raise web.HTTPNotFound(text=f"{exc}\n") from None
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "draining" if self.draining else "ok",
+            "calls": len(self.calls),
+            "max_calls": self.settings.max_calls,
+            "calls_total": self.calls_total,
+            "carriers": self.registry.names(),
+        }, status=503 if self.draining else 200)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        carrier = self._carrier(request)
+        req = await self._http_request(request, websocket=False)
+        try:
+            carrier.authenticate(req, "webhook")
+        except AuthenticationError as exc:
+            logger.warning("answer webhook for {} refused: {}", carrier.name, exc)
+            return web.Response(status=403, text="signature check failed\n")
+        stream_url = self._public_url(request, websocket=True)
+        stream_url = stream_url.split("?", 1)[0].rsplit("/answer/", 1)[0] + f"/media/{carrier.name}"
+        try:
+            doc = carrier.answer_document(req, stream_url, dict(self.settings.answer_parameters))
+        except (PluginError, ConfigError) as exc:
+            logger.error("answer webhook for {} failed: {}", carrier.name, exc)
+            return web.Response(status=500, text="answer document failed\n")
+        if doc is None:
+            return web.Response(status=404, text=f"carrier {carrier.name} has no answer webhook\n")
+        return web.Response(status=doc.status, text=doc.body, content_type=doc.content_type)
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        carrier = self._carrier(request)
+        if self.draining:
+            return web.Response(status=503, text="server is draining\n")
+        if len(self.calls) >= self.settings.max_calls:
+            logger.warning("call refused: {} live calls is the limit", self.settings.max_calls)
+            return web.Response(status=503, text="at capacity\n")
+        req = await self._http_request(request, websocket=True)
+        try:
+            carrier.authenticate(req, "websocket")
+        except AuthenticationError as exc:
+            logger.warning("media socket for {} refused: {}", carrier.name, exc)
+            return web.Response(status=403, text="signature check failed\n")
+        ws = web.WebSocketResponse(max_msg_size=self.settings.ws_max_message_bytes,
+                                   compress=False, autoping=True)
+        await ws.prepare(request)
+        text_only = carrier.capabilities.text_frames_only
+
+        async def send(message: str | bytes) -> None:
+            if ws.closed:
+                return
+            try:
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                elif text_only:
+                    raise PluginError(f"carrier {carrier.name!r} produced a binary frame but "
+                                      "declares text_frames_only", plugin=carrier.name)
+                else:
+                    await ws.send_bytes(message)
+            except (ConnectionError, RuntimeError) as exc:
+                logger.debug("send on closed media socket dropped: {}", exc)
+
+        call = CallGraph(self.graph, carrier, send,
+                         self.observers() if self.observers else {})
+        tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
+        self.calls.add(call)
+        self.calls_total += 1
+        closer = asyncio.ensure_future(self._close_when_ended(call, ws))
+        reason, detail = "socket_closed", ""
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    await tel_in.feed(msg.data)
+                elif msg.type is WSMsgType.ERROR:
+                    reason, detail = "socket_error", str(ws.exception())
+                    call.log.error("media socket error: {}", detail)
+                    break
+                if call.ended.is_set():
+                    break
+            if ws.close_code and ws.close_code not in (1000, 1001):
+                detail = detail or f"close code {ws.close_code}"
+        except asyncio.CancelledError:
+            reason, detail = "shutdown", "server stopping"
+            raise
+        except Exception as exc:  # a bug in a node or plugin: end this call, keep the rest
+            reason, detail = "internal_error", f"{type(exc).__name__}: {exc}"
+            call.log.exception("call failed")
+        finally:
+            await call.end(reason, detail)
+            closer.cancel()
+            await ws.close()
+            self.calls.discard(call)
+        return ws
+
+    async def _close_when_ended(self, call: CallGraph, ws: web.WebSocketResponse) -> None:
+        await call.ended.wait()
+        if not ws.closed:
+            await ws.close()

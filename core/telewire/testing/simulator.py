@@ -1,0 +1,274 @@
+"""A carrier call simulator: plays mu-law into a telewire server as Twilio would, at real-time pace.
+
+Depends on ``websockets`` and ``telewire.frames``/``telewire.wav``; used by ``telewire call``,
+``make demo``, the benchmark and the tests. It behaves like the carrier's side of a
+bidirectional Media Stream: ``connected`` and ``start``, 20 ms ``media`` frames on a steady
+clock, DTMF on request, ``stop`` at the end; it plays returned audio on a simulated playout clock,
+echoes each mark when the audio before it has played, and on ``clear`` drops what is queued and
+echoes every pending mark at once (as Twilio documents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+__all__ = ["CallResult", "CallSimulator", "twilio_signature"]
+
+FRAME_MS = 20
+BYTES_PER_MS = 8  # mu-law 8 kHz
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
+    """The ``X-Twilio-Signature`` Twilio would send for ``url`` (and POST ``params``)."""
+    payload = url + "".join(k + v for k, v in sorted((params or {}).items()))
+    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+@dataclass
+class CallResult:
+    """What happened on one simulated call."""
+
+    stream_sid: str
+    call_sid: str
+    sent_frames: int = 0
+    sent_bytes: int = 0
+    received_frames: int = 0
+    received_payloads: list[str] = field(default_factory=list)
+    marks_received: list[str] = field(default_factory=list)
+    marks_echoed: list[str] = field(default_factory=list)
+    clears: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+    duration_s: float = 0.0
+    handshake_status: int | None = None
+
+    @property
+    def received_audio(self) -> bytes:
+        """Every agent audio byte received, in order, decoded from base64."""
+        return b"".join(base64.b64decode(p) for p in self.received_payloads)
+
+    @property
+    def lost_frames(self) -> int:
+        """Sent frames whose echo never came back (meaningful with an echoing model)."""
+        return max(0, self.sent_frames - self.received_frames)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
+        return {
+            "stream_sid": self.stream_sid,
+            "call_sid": self.call_sid,
+            "sent_frames": self.sent_frames,
+            "sent_bytes": self.sent_bytes,
+            "received_frames": self.received_frames,
+            "received_bytes": sum(len(p) * 3 // 4 - p.count("=") for p in self.received_payloads),
+            "marks_received": len(self.marks_received),
+            "clears": self.clears,
+            "round_trip_ms_p50": pct(0.50),
+            "round_trip_ms_p99": pct(0.99),
+            "close_code": self.close_code,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+class CallSimulator:
+    """One simulated Twilio call against ``url`` (``ws://127.0.0.1:8080/media/twilio``).
+
+    Args:
+        url: the server's media WebSocket URL.
+        custom_parameters: ``start.customParameters``.
+        auth_token: sign the upgrade with ``X-Twilio-Signature`` (over ``signature_url`` or
+            ``url``).
+        pace: 1.0 sends in real time; 2.0 twice as fast; 0 as fast as possible.
+        frame_ms: audio per media message.
+        playout_rate: how fast returned audio "plays" for mark acknowledgement (1.0 = real time).
+        drain_s: after the last frame, wait this long for outstanding audio.
+        expect_echo: stop draining as soon as every sent frame came back.
+        dtmf: ``(at_ms, digit)`` pairs sent at those media times.
+        hang_up: send ``stop`` at the end (else just close the socket).
+    """
+
+    def __init__(self, url: str, *, custom_parameters: Mapping[str, str] | None = None,
+                 auth_token: str | None = None, signature_url: str | None = None,
+                 pace: float = 1.0, frame_ms: int = FRAME_MS, playout_rate: float = 1.0,
+                 drain_s: float = 2.0, expect_echo: bool = False,
+                 dtmf: Sequence[tuple[float, str]] = (), hang_up: bool = True,
+                 stream_sid: str | None = None, call_sid: str | None = None) -> None:
+        self.url = url
+        self.custom_parameters = dict(custom_parameters or {})
+        self.auth_token = auth_token
+        self.signature_url = signature_url or url
+        self.pace = pace
+        self.frame_ms = frame_ms
+        self.playout_rate = playout_rate
+        self.drain_s = drain_s
+        self.expect_echo = expect_echo
+        self.dtmf = sorted(dtmf)
+        self.hang_up = hang_up
+        self.stream_sid = stream_sid or "MZ" + uuid.uuid4().hex
+        self.call_sid = call_sid or "CA" + uuid.uuid4().hex
+        self.account_sid = "AC" + "0" * 32
+        self._seq = 0
+
+    def _next_seq(self) -> str:
+        self._seq += 1
+        return str(self._seq)
+
+    def _start(self) -> str:
+        return json.dumps({
+            "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
+            "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid,
+                      "callSid": self.call_sid, "tracks": ["inbound"],
+                      "customParameters": self.custom_parameters,
+                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                      "channels": 1}},
+        })
+
+    async def run(self, audio: bytes) -> CallResult:
+        """Play ``audio`` (mu-law 8 kHz) into the server and collect what comes back."""
+        result = CallResult(self.stream_sid, self.call_sid)
+        headers = {}
+        if self.auth_token:
+            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, self.signature_url)
+        t0 = time.perf_counter()
+        async with connect(self.url, additional_headers=headers, max_size=2**24,
+                           compression=None, open_timeout=10) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call",
+                                      "version": "1.0.0"}))
+            await ws.send(self._start())
+            sent_at: dict[str, deque[float]] = {}
+            reader = asyncio.create_task(self._read(ws, result, sent_at))
+            try:
+                await self._send_audio(ws, audio, result, sent_at)
+                await self._drain(result, reader)
+                if self.hang_up:
+                    await ws.send(json.dumps({
+                        "event": "stop", "sequenceNumber": self._next_seq(),
+                        "streamSid": self.stream_sid,
+                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}}))
+                await ws.close()
+            except ConnectionClosed:
+                pass
+            finally:
+                try:
+                    await asyncio.wait_for(reader, timeout=5)
+                except (asyncio.TimeoutError, ConnectionClosed):
+                    reader.cancel()
+            result.close_code = ws.close_code
+            result.close_reason = ws.close_reason or ""
+        result.duration_s = time.perf_counter() - t0
+        return result
+
+    async def _send_audio(self, ws: Any, audio: bytes, result: CallResult,
+                          sent_at: dict[str, deque[float]]) -> None:
+        step = self.frame_ms * BYTES_PER_MS
+        dtmf = list(self.dtmf)
+        start = time.perf_counter()
+        chunk = 0
+        for offset in range(0, len(audio), step):
+            media_ms = offset // BYTES_PER_MS
+            while dtmf and dtmf[0][0] <= media_ms:
+                _, digit = dtmf.pop(0)
+                await ws.send(json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
+                                          "sequenceNumber": self._next_seq(),
+                                          "dtmf": {"track": "inbound_track", "digit": digit}}))
+            if self.pace > 0:
+                due = start + media_ms / 1000.0 / self.pace
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            payload = base64.b64encode(audio[offset:offset + step]).decode("ascii")
+            chunk += 1
+            msg = ('{"event":"media","sequenceNumber":"' + self._next_seq() + '","streamSid":"'
+                   + self.stream_sid + '","media":{"track":"inbound","chunk":"' + str(chunk)
+                   + '","timestamp":"' + str(media_ms) + '","payload":"' + payload + '"}}')
+            sent_at.setdefault(payload, deque()).append(time.perf_counter())
+            await ws.send(msg)
+            result.sent_frames += 1
+            result.sent_bytes += min(step, len(audio) - offset)
+        for _, digit in dtmf:
+            await ws.send(json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
+                                      "sequenceNumber": self._next_seq(),
+                                      "dtmf": {"track": "inbound_track", "digit": digit}}))
+
+    async def _drain(self, result: CallResult, reader: asyncio.Task[None]) -> None:
+        deadline = time.perf_counter() + self.drain_s
+        last = result.received_frames
+        quiet_since = time.perf_counter()
+        while time.perf_counter() < deadline and not reader.done():
+            if self.expect_echo and result.received_frames >= result.sent_frames:
+                return
+            await asyncio.sleep(0.02)
+            if result.received_frames != last:
+                last, quiet_since = result.received_frames, time.perf_counter()
+            elif not self.expect_echo and time.perf_counter() - quiet_since > min(0.5, self.drain_s):
+                return
+
+    async def _read(self, ws: Any, result: CallResult, sent_at: dict[str, deque[float]]) -> None:
+        loop = asyncio.get_running_loop()
+        playout_end = 0.0
+        pending: list[tuple[str, asyncio.TimerHandle]] = []
+
+        async def echo_mark(name: str) -> None:
+            try:
+                await ws.send(json.dumps({"event": "mark", "sequenceNumber": self._next_seq(),
+                                          "streamSid": self.stream_sid, "mark": {"name": name}}))
+                result.marks_echoed.append(name)
+            except ConnectionClosed:
+                pass
+
+        def fire(name: str) -> None:
+            pending[:] = [p for p in pending if p[0] != name]
+            asyncio.ensure_future(echo_mark(name))
+
+        try:
+            async for raw in ws:
+                now = time.perf_counter()
+                try:
+                    msg = json.loads(raw)
+                    event = msg["event"]
+                except (ValueError, KeyError, TypeError):
+                    result.unexpected.append(str(raw)[:200])
+                    continue
+                if event == "media":
+                    payload = msg["media"]["payload"]
+                    result.received_frames += 1
+                    result.received_payloads.append(payload)
+                    q = sent_at.get(payload)
+                    if q:
+                        result.latencies_ms.append((now - q.popleft()) * 1000.0)
+                    dur = len(payload) * 3 / 4 / BYTES_PER_MS / 1000.0 / max(self.playout_rate, 1e-6)
+                    playout_end = max(playout_end, now) + dur
+                elif event == "mark":
+                    name = msg["mark"]["name"]
+                    result.marks_received.append(name)
+                    handle = loop.call_later(max(0.0, playout_end - now), fire, name)
+                    pending.append((name, handle))
+                elif event == "clear":
+                    result.clears += 1
+                    playout_end = now
+                    for name, handle in list(pending):
+                        handle.cancel()
+                        fire(name)
+                else:
+                    result.unexpected.append(str(raw)[:200])
+        except ConnectionClosed:
+            pass
+        finally:
+            for _, handle in pending:
+                handle.cancel()
