@@ -15,3 +15,65 @@ def twilio_envelope():
     from telewire.envelope import load_envelope_file
 
     return load_envelope_file("twilio", TWILIO_ENVELOPE)
+
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+from loguru import logger
+
+TELEWIRE = [sys.executable, "-m", "telewire.cli"]
+
+
+@pytest.fixture
+def log_lines():
+    """Every log line written while the test runs (message text, with level)."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"),
+                      level="DEBUG")
+    yield lines
+    logger.remove(sink)
+
+
+class ServeProcess:
+    """``telewire serve`` in a child process on a free loopback port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "TELEWIRE_LOG_LEVEL": "INFO", **(env or {})}
+        self.proc = subprocess.Popen(
+            [*TELEWIRE, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=full_env)
+        self.log: list[str] = []
+        deadline = time.monotonic() + 30
+        self.port = 0
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.stop()
+            raise RuntimeError("telewire serve did not start:\n" + "".join(self.log))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/media/twilio"
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything it logged."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.log.append(err or "")
+        return "".join(self.log)

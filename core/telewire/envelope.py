@@ -368,12 +368,12 @@ class CompiledEnvelope:
                 return [DTMFFrame(digit=str(digit), duration_ms=dur)]
             except ValueError as exc:
                 path = ".".join(self._digit)
-                raise self._error(f"field {path!r}: {exc}", event=event, field=path) from None
+                raise self._error(f"{exc} (field {path!r})", event=event, field=path) from None
         if kind == "mark":
             name = self._need(doc, self._mark, event, "name")
             if not isinstance(name, str) or not name:
-                raise self._error(f"field {'.'.join(self._mark)!r} (mark name) must be a "
-                                  f"non-empty string, not {name!r}",
+                raise self._error(f"mark name must be a non-empty string, not {name!r} "
+                                  f"(field {'.'.join(self._mark)!r})",
                                   event=event, field=".".join(self._mark))
             return [MarkFrame(name=name)]
         # stop
@@ -418,8 +418,9 @@ class CompiledEnvelope:
         if self._media_sid is not None:
             sid = _get(doc, self._media_sid)
             if sid is not _MISSING and sid != call.stream_id:
-                raise self._error(f"field {'.'.join(self._media_sid)!r}: stream id {sid!r} "
-                                  f"does not match this call's {call.stream_id!r}", event=event,
+                raise self._error(f"stream id {sid!r} does not match this call's "
+                                  f"{call.stream_id!r} (field {'.'.join(self._media_sid)!r})",
+                                  event=event,
                                   field=".".join(self._media_sid))
         ts = seq = None
         if self._ts is not None:

@@ -37,6 +37,8 @@ class ProviderConfig(BaseModel):
         voice: the output voice.
         system_prompt: the session instructions.
         api_key: the key; when unset, ``OPENAI_API_KEY`` from the environment.
+        transcription_model: the model that transcribes the caller's audio into transcript
+            frames (``audio.input.transcription``); ``""`` turns caller transcription off.
         connect_timeout_s: how long to wait for the connection and ``session.created``.
         max_message_bytes: the largest message accepted from the provider.
     """
@@ -49,6 +51,7 @@ class ProviderConfig(BaseModel):
     voice: str = "marin"
     system_prompt: str = "You are a helpful, concise voice assistant on a phone call."
     api_key: SecretStr | None = None
+    transcription_model: str = "gpt-4o-mini-transcribe"
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 

@@ -1,0 +1,125 @@
+"""Twilio Media Streams messages as Twilio sends them, for telewire's carrier conformance kit.
+
+Depends on ``telewire.testing.conformance`` (so on pytest); only tests import it, never the plugin.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any, Mapping
+
+from telewire.testing.conformance import CarrierFixtures, Malformed
+
+__all__ = ["ACCOUNT_SID", "TwilioFixtures"]
+
+ACCOUNT_SID = "AC" + "0" * 32
+_MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+
+class TwilioFixtures(CarrierFixtures):
+    """Inbound messages shaped like Twilio's (string counters, ``sequenceNumber`` on every
+    message) and decoders for the ``media``/``mark``/``clear`` messages sent back."""
+
+    _sequence = itertools.count(1)
+
+    def _message(self, event: str, stream_id: str | None, **body: Any) -> str:
+        doc: dict[str, Any] = {"event": event, "sequenceNumber": str(next(self._sequence))}
+        if stream_id is not None:
+            doc["streamSid"] = stream_id
+        doc.update(body)
+        return json.dumps(doc, ensure_ascii=False)
+
+    def carrier_name(self) -> str:
+        return "twilio"
+
+    def start_message(self, *, stream_id: str, call_id: str,
+                      custom_parameters: Mapping[str, str]) -> str:
+        return self._message("start", stream_id, start={
+            "accountSid": ACCOUNT_SID, "streamSid": stream_id, "callSid": call_id,
+            "tracks": ["inbound"], "customParameters": dict(custom_parameters),
+            "mediaFormat": _MEDIA_FORMAT,
+        })
+
+    def media_message(self, payload: bytes, *, stream_id: str, sequence: int) -> str:
+        return self._message("media", stream_id, media={
+            "track": "inbound", "chunk": str(sequence), "timestamp": str((sequence - 1) * 20),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        })
+
+    def dtmf_message(self, digit: str, *, stream_id: str) -> str:
+        return self._message("dtmf", stream_id, dtmf={"track": "inbound_track", "digit": digit})
+
+    def mark_message(self, name: str, *, stream_id: str) -> str:
+        return self._message("mark", stream_id, mark={"name": name})
+
+    def stop_message(self, *, stream_id: str) -> str:
+        return self._message("stop", stream_id, stop={"accountSid": ACCOUNT_SID,
+                                                      "callSid": f"call-of-{stream_id}"})
+
+    def malformed_messages(self, *, stream_id: str) -> Mapping[str, Malformed]:
+        def media(**fields: Any) -> str:
+            return self._message("media", stream_id, media={"track": "inbound", "chunk": "1",
+                                                            "timestamp": "0", **fields})
+
+        def start(**fields: Any) -> str:
+            body = {"accountSid": ACCOUNT_SID, "streamSid": stream_id, "callSid": "CA1",
+                    "tracks": ["inbound"], "customParameters": {}, "mediaFormat": _MEDIA_FORMAT}
+            return self._message("start", stream_id, start={**body, **fields})
+
+        return {
+            "unknown_event": Malformed(self._message("dance", stream_id), field="event",
+                                       mentions=("'dance'",)),
+            "missing_event": Malformed(json.dumps({"streamSid": stream_id}), field="event"),
+            "missing_field": Malformed(media(), field="media.payload", event="media"),
+            "wrong_type": Malformed(media(payload=12345), field="media.payload", event="media"),
+            "bad_payload": Malformed(media(payload="not*base64!"), field="media.payload",
+                                     event="media"),
+            "bad_padding": Malformed(media(payload="AAA"), field="media.payload", event="media"),
+            "chunk_not_a_number": Malformed(media(payload="AAAA", chunk="one"),
+                                            field="media.chunk", mentions=("'one'",)),
+            "foreign_stream": Malformed(self.media_message(b"\xff", stream_id="MZ-other",
+                                                           sequence=1),
+                                        field="streamSid", mentions=("MZ-other",)),
+            "dtmf_without_digit": Malformed(self._message("dtmf", stream_id, dtmf={}),
+                                            field="dtmf.digit", event="dtmf"),
+            "mark_name_empty": Malformed(self.mark_message("", stream_id=stream_id),
+                                         field="mark.name", event="mark"),
+            "mark_before_start": Malformed(self.mark_message("m", stream_id=stream_id),
+                                           event="mark", after_start=False, fatal=False),
+            "start_without_stream_sid": Malformed(start(streamSid=""), field="start.streamSid",
+                                                  after_start=False, fatal=True),
+            "custom_parameters_not_object": Malformed(start(customParameters=["a"]),
+                                                      field="start.customParameters",
+                                                      after_start=False, fatal=True),
+            "unsupported_encoding": Malformed(
+                start(mediaFormat={**_MEDIA_FORMAT, "encoding": "audio/x-alaw"}),
+                field="start.mediaFormat.encoding", mentions=("audio/x-alaw",),
+                after_start=False, fatal=True),
+            "second_start_other_stream": Malformed(
+                self.start_message(stream_id="MZ-second", call_id="CA2", custom_parameters={}),
+                event="start", mentions=("MZ-second",), fatal=True),
+            "binary_frame": Malformed(b'{"event":"connected"}', mentions=("binary", "text")),
+        }
+
+    def outbound_media_payload(self, message: str | bytes) -> str:
+        doc = self._outbound(message, "media")
+        return doc["media"]["payload"]
+
+    def is_clear(self, message: str | bytes) -> bool:
+        return json.loads(message).get("event") == "clear"
+
+    def outbound_mark_name(self, message: str | bytes) -> str:
+        return self._outbound(message, "mark")["mark"]["name"]
+
+    def outbound_stream_id(self, message: str | bytes) -> str:
+        return json.loads(message)["streamSid"]
+
+    @staticmethod
+    def _outbound(message: str | bytes, event: str) -> dict[str, Any]:
+        assert isinstance(message, str), f"Twilio messages are text, got {type(message).__name__}"
+        doc = json.loads(message)
+        assert doc.get("event") == event, f"expected a {event!r} message, got {message!r}"
+        assert set(doc) == {"event", "streamSid", event}, f"unexpected keys in {message!r}"
+        return doc
