@@ -243,6 +243,9 @@ class CarrierRegistry:
     def _register(self, name: str, plugin: object, info: PluginInfo) -> None:
         try:
             self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"carrier {name!r} breaks the hook contract: {exc}",
+                              plugin=name) from None
         except ValueError as exc:
             raise PluginError(f"carrier {name!r}: {exc}", plugin=name) from None
         try:

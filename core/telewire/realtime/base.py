@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Awaitable, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from telewire.errors import ConfigError
 from telewire.frames import AudioFrame, DTMFFrame, Frame, InterruptFrame, StartFrame, SteerFrame
@@ -54,6 +54,13 @@ class ProviderConfig(BaseModel):
     transcription_model: str = "gpt-4o-mini-transcribe"
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        if v not in PROVIDERS:
+            raise ValueError(f"unknown provider {v!r}; known: {', '.join(PROVIDERS)}")
+        return v
 
 
 class RealtimeSession(abc.ABC):
