@@ -41,8 +41,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def telewire_carrier_capabilities() -> Capabilities:
     """Declare what this carrier's media socket can do.
 
-    Called once when the carrier is loaded. The core adapts to what is missing (a paced playout
-    cursor when there are no marks) and refuses a graph that needs a capability the carrier lacks.
+    Called once when the carrier is loaded. The core refuses a graph whose nodes need a capability
+    the carrier lacks, sends no marks to a carrier without marks and no clear to one without clear,
+    and drops inbound messages larger than ``max_message_bytes``.
 
     Returns:
         The carrier's :class:`~telewire.carrier.Capabilities`. Stops at the first non-None result.
