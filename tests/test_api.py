@@ -28,7 +28,11 @@ PUBLIC_FOR_PLUGINS = {"telewire", "telewire.carrier", "telewire.envelope", "tele
 
 
 def imports_of(path: Path) -> set[str]:
+    """Modules imported at run time (imports under ``if TYPE_CHECKING:`` only serve annotations)."""
     tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:

@@ -152,3 +152,34 @@ def test_wiring_is_direct_calls_and_observers_see_frames():
 
     asyncio.run(main())
     assert seen and seen[0][:2] == ("rt", "audio_out")
+
+
+def test_envelope_spec_by_preset_name_is_compiled_once(tmp_path):
+    p = write(tmp_path, DEFAULT.replace('interrupt_dtmf_digit = "*"',
+                                        'interrupt_dtmf_digit = "*"\nenvelope_spec = "twilio"'))
+    g = load_graph(p)
+    assert g.envelope is not None and g.envelope.has_marks and g.envelope.has_clear
+
+
+def test_envelope_spec_errors_name_file_node_and_field(tmp_path):
+    p = write(tmp_path, DEFAULT.replace('interrupt_dtmf_digit = "*"',
+                                        'interrupt_dtmf_digit = "*"\nenvelope_spec = "no-such-preset"'))
+    with pytest.raises(GraphError, match="tel_in.config.envelope_spec = 'no-such-preset' is neither an envelope preset .*twilio"):
+        load_graph(p)
+    inline = DEFAULT.replace('[nodes.tel_out]\ntype = "carrier_out"', '''[nodes.tel_out]
+type = "carrier_out"
+[nodes.tel_out.config.response_envelope_spec]
+media = '{"t":"${payload}"}'
+''').replace('interrupt_dtmf_digit = "*"', '''interrupt_dtmf_digit = "*"
+[nodes.tel_in.config.envelope_spec]
+events = { hi = "start", audio = "media" }
+start = { stream_id = "id" }
+media = { payload = "data" }
+encodings = { pcmu = "alaw" }
+''')
+    with pytest.raises(GraphError) as info:
+        load_graph(write(tmp_path, inline))
+    assert "graph.toml" in str(info.value) and "encodings.pcmu" in str(info.value)
+    good = load_graph(write(tmp_path, inline.replace('encodings = { pcmu = "alaw" }\n', '')))
+    assert good.envelope.media(type("C", (), {"state": {}, "stream_id": "s", "call_id": ""})(),
+                               __import__("telewire").AudioFrame(payload="AAAA")) == '{"t":"AAAA"}'

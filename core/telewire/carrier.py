@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from telewire.frames import PCMU_8K, MediaFormat, StartFrame
+from telewire.frames import PCMU_8K, Frame, MediaFormat, StartFrame
 
-__all__ = ["CallContext", "Capabilities", "HttpRequest", "HttpResponse"]
+if TYPE_CHECKING:
+    from telewire.envelope import CompiledEnvelope
+
+__all__ = ["CallContext", "Capabilities", "HttpRequest", "HttpResponse", "WebhookEvent"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +46,9 @@ class CallContext:
 
     The core fills the identity fields from the call's :class:`~telewire.frames.StartFrame`.
     ``state`` is the plugin's own scratch space for this call (hooks keep no globals).
+    ``envelope`` is the envelope compiled from the graph's ``tel_in.config.envelope_spec`` /
+    ``tel_out.config.response_envelope_spec``, when the graph gives one (carriers configured
+    entirely by envelope specs use it; others ignore it).
     """
 
     carrier: str
@@ -54,6 +60,7 @@ class CallContext:
     custom_parameters: Mapping[str, str] = field(default_factory=dict)
     media_format: MediaFormat = PCMU_8K
     state: dict[str, Any] = field(default_factory=dict)
+    envelope: CompiledEnvelope | None = None
 
     def apply_start(self, start: StartFrame) -> None:
         """Take the call's identity from its start frame."""
@@ -104,3 +111,18 @@ class HttpResponse:
     body: str
     content_type: str = "application/xml"
     status: int = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookEvent:
+    """Frames a carrier delivers by webhook rather than on the media socket (Bandwidth DTMF).
+
+    Attributes:
+        call_id: the carrier's call id; the core routes ``frames`` into that live call.
+        frames: the frames, in order (``DTMFFrame`` …).
+        response: the document to answer the webhook with; ``None`` answers ``204``.
+    """
+
+    call_id: str
+    frames: tuple[Frame, ...] = ()
+    response: HttpResponse | None = None

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Sequence
@@ -314,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio", help="audio file to play (default: the bundled demo)")
     s.add_argument("--set", action="append", metavar="NODE.config.KEY=VALUE")
     s.add_argument("--pace", type=float, default=1.0)
-    s.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "telewire-demo"))
+    s.add_argument("--out", default="demo-output", help="folder for what comes back")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from stevedore import ExtensionManager
 
 from telewire.carrier import CallContext
+from telewire.envelope import CompiledEnvelope, compile_envelope
 from telewire.errors import ConfigError, GraphError
 from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
 from telewire.nodes.base import Handler, Node
@@ -170,12 +171,18 @@ def _config_error(exc: ValidationError, source: str, node: str) -> GraphError:
 
 
 class Graph:
-    """A validated graph: node specs and typed edges. Immutable; shared by every call."""
+    """A validated graph: node specs and typed edges. Immutable; shared by every call.
 
-    def __init__(self, nodes: Mapping[str, NodeSpec], edges: Iterable[Edge], source: str) -> None:
+    ``envelope`` is the envelope compiled from ``tel_in.config.envelope_spec`` and
+    ``tel_out.config.response_envelope_spec`` when the graph gives them, else ``None``.
+    """
+
+    def __init__(self, nodes: Mapping[str, NodeSpec], edges: Iterable[Edge], source: str,
+                 envelope: CompiledEnvelope | None = None) -> None:
         self.nodes = dict(nodes)
         self.edges = tuple(edges)
         self.source = source
+        self.envelope = envelope
         self._check()
 
     def _check(self) -> None:
@@ -329,7 +336,68 @@ def build_graph(raw: dict[str, Any], *, source: str, overrides: Iterable[str] = 
             raise GraphError(f"{source}: edge {item!r} is not of the form "
                              "'node.port -> node.port'")
         edges.append(Edge(*m.groups()))
-    return Graph(specs, edges, source)
+    return Graph(specs, edges, source, _graph_envelope(specs, source))
+
+
+def _resolve_envelope(value: str | Mapping[str, Any], *, source: str, where: str,
+                      presets: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A preset name, file path or inline table, as ``(label, tables)``."""
+    if isinstance(value, Mapping):
+        return "envelope_spec", dict(value)
+    if value in presets:
+        preset = presets[value]
+        if isinstance(preset, Mapping):
+            return value, dict(preset)
+        path = Path(preset)
+    else:
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path(source).parent / path
+        if not path.is_file():
+            raise GraphError(f"{source}: {where} = {value!r} is neither an envelope preset "
+                             f"({', '.join(sorted(presets)) or 'none installed'}) nor a file")
+    try:
+        return value, tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise GraphError(f"{source}: {where}: cannot load {path}: {exc}") from None
+
+
+def _graph_envelope(specs: Mapping[str, NodeSpec], source: str) -> CompiledEnvelope | None:
+    """Compile the graph's envelope specs (``None`` when it names none)."""
+    from telewire.nodes.carrier_in import CarrierIn
+    from telewire.nodes.carrier_out import CarrierOut
+    from telewire.registry import default_registry
+
+    inbound = next(((n, s.config.envelope_spec) for n, s in specs.items()
+                    if issubclass(s.cls, CarrierIn) and s.config.envelope_spec is not None), None)
+    outbound = next(((n, s.config.response_envelope_spec) for n, s in specs.items()
+                     if issubclass(s.cls, CarrierOut)
+                     and s.config.response_envelope_spec is not None), None)
+    if inbound is None and outbound is None:
+        return None
+    presets = default_registry().envelope_presets()
+    if inbound is None:
+        raise GraphError(f"{source}: node {outbound[0]!r} sets response_envelope_spec but no "
+                         "carrier_in node sets envelope_spec")
+    where_in = f"{inbound[0]}.config.envelope_spec"
+    label, tables = _resolve_envelope(inbound[1], source=source, where=where_in, presets=presets)
+    spec = tables.get("envelope_spec", tables if isinstance(inbound[1], Mapping) else None)
+    response = tables.get("response_envelope_spec")
+    if outbound is not None:
+        where_out = f"{outbound[0]}.config.response_envelope_spec"
+        _, out_tables = _resolve_envelope(outbound[1], source=source, where=where_out,
+                                          presets=presets)
+        response = out_tables.get("response_envelope_spec",
+                                  out_tables if isinstance(outbound[1], Mapping) else None)
+    if not isinstance(spec, Mapping):
+        raise GraphError(f"{source}: {where_in}: no [envelope_spec] table in {label!r}")
+    if not isinstance(response, Mapping):
+        raise GraphError(f"{source}: no response envelope: set response_envelope_spec on the "
+                         f"carrier_out node or use a preset/file with [response_envelope_spec]")
+    try:
+        return compile_envelope(label, spec, response, source=f"{source} ({label})")
+    except ConfigError as exc:
+        raise GraphError(str(exc)) from None
 
 
 def _check_pin(source: str, node: str, type_name: str, pin: str, info: NodeTypeInfo) -> None:
@@ -362,6 +430,7 @@ class CallGraph:
     carrier: Carrier
     send: SendFn
     observers: Mapping[tuple[str, str], list[Observer]] = field(default_factory=dict)
+    on_start: Callable[["CallGraph"], None] | None = None
     context: CallContext = field(init=False)
     nodes: dict[str, Node] = field(init=False)
     ended: asyncio.Event = field(init=False)
@@ -370,6 +439,7 @@ class CallGraph:
 
     def __post_init__(self) -> None:
         self.context = self.carrier.new_call()
+        self.context.envelope = self.graph.envelope
         self.log = logger.bind(carrier=self.carrier.name, call_sid="", stream_sid="")
         self.ended = asyncio.Event()
         self._started = False
@@ -392,6 +462,8 @@ class CallGraph:
                                stream_sid=frame.stream_id)
         self.log.info("call started ({} {} Hz)", frame.media_format.codec,
                       frame.media_format.sample_rate)
+        if self.on_start is not None:
+            self.on_start(self)
         for node in self.nodes.values():
             await node.on_call_start(frame)
 

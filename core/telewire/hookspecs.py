@@ -15,14 +15,16 @@ answer", and ``None`` from an optional hook means "this carrier does not do that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydantic_settings import BaseSettings
 
-    from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+    from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, WebhookEvent
     from telewire.frames import AudioFrame, Frame
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -75,6 +77,20 @@ def telewire_carrier_warnings() -> Sequence[str] | None:
     """
 
 
+@hookspec
+def telewire_envelope_presets() -> Mapping[str, Path | Mapping[str, Any]]:
+    """Offer named envelope specs that graphs can use by name.
+
+    A graph's ``tel_in.config.envelope_spec`` / ``tel_out.config.response_envelope_spec`` may be a
+    preset name instead of a table. Every plugin's presets are collected (this hook does not stop
+    at the first result); a name offered twice is a configuration error naming both.
+
+    Returns:
+        Preset name to a TOML file holding ``[envelope_spec]`` and ``[response_envelope_spec]``
+        tables, or to a mapping with those two keys.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # inbound
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +116,26 @@ def telewire_parse_inbound(call: CallContext, message: str | bytes) -> Sequence[
         CarrierProtocolError: the message is malformed (not JSON, missing or mistyped field,
             invalid base64, unknown event, media before start). The message names the event and
             the dotted field path. ``fatal=True`` only when the call cannot continue.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_parse_webhook(request: HttpRequest) -> WebhookEvent | None:
+    """Parse an event the carrier delivers by webhook instead of on the media socket.
+
+    Bandwidth, for one, sends DTMF as ``<StartGather>`` callbacks. The server receives them at
+    ``POST /events/{carrier}`` (after ``telewire_authenticate``) and routes the returned frames
+    into the live call with that call id.
+
+    Args:
+        request: the webhook request.
+
+    Returns:
+        The call id, the frames and the answer document; ``None`` when this carrier has no
+        event webhooks. Stops at the first non-None result.
+
+    Raises:
+        CarrierProtocolError: the webhook body is malformed (naming the field).
     """
 
 

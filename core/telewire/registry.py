@@ -21,7 +21,7 @@ from loguru import logger
 from stevedore import ExtensionManager
 
 from telewire import hookspecs
-from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, WebhookEvent
 from telewire.errors import CarrierError, ConfigError, PluginError
 from telewire.frames import AudioFrame, Frame
 
@@ -91,7 +91,7 @@ class Carrier:
     """
 
     __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
-                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings")
+                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook")
 
     def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
         self.name = name
@@ -105,6 +105,7 @@ class Carrier:
         self._auth = hook.telewire_authenticate
         self._settings = hook.telewire_carrier_settings
         self._warnings = hook.telewire_carrier_warnings
+        self._webhook = hook.telewire_parse_webhook
         caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
         if not isinstance(caps, Capabilities):
             raise PluginError(
@@ -177,6 +178,15 @@ class Carrier:
                      purpose: Literal["webhook", "websocket"]) -> bool | None:
         """Check a request's signature; raises ``AuthenticationError`` when it is bad."""
         return self._call("telewire_authenticate", self._auth, request=request, purpose=purpose)
+
+    def parse_webhook(self, request: HttpRequest) -> WebhookEvent | None:
+        """An event webhook's call id and frames, or ``None`` (see ``telewire_parse_webhook``)."""
+        event = self._call("telewire_parse_webhook", self._webhook, request=request)
+        if event is not None and not isinstance(event, WebhookEvent):
+            raise PluginError(f"carrier {self.name!r}: telewire_parse_webhook returned "
+                              f"{type(event).__name__}, not a telewire.WebhookEvent",
+                              plugin=self.name, hook="telewire_parse_webhook")
+        return event
 
     def warnings(self) -> list[str]:
         """Start-up warnings about this carrier's configuration."""
@@ -267,6 +277,30 @@ class CarrierRegistry:
         if plugin is not None:
             self.pm.unregister(plugin)
         self.infos.pop(name, None)
+
+    def envelope_presets(self) -> dict[str, Any]:
+        """Every plugin's named envelope specs (``telewire_envelope_presets``).
+
+        Raises:
+            ConfigError: two plugins offer the same preset name.
+            PluginError: a plugin's hook raised.
+        """
+        presets: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for impl in self.pm.hook.telewire_envelope_presets.get_hookimpls():
+            try:
+                offered = impl.function() or {}
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r}: hook telewire_envelope_presets "
+                                  f"raised {type(exc).__name__}: {exc}", plugin=impl.plugin_name,
+                                  hook="telewire_envelope_presets") from exc
+            for name, value in offered.items():
+                if name in presets:
+                    raise ConfigError(f"envelope preset {name!r} is offered by both "
+                                      f"{owners[name]!r} and {impl.plugin_name!r}")
+                presets[name] = value
+                owners[name] = impl.plugin_name
+        return presets
 
     def names(self) -> list[str]:
         """Names of the carriers that loaded."""

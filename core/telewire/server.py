@@ -6,6 +6,8 @@ Depends on ``telewire.graph``, ``telewire.registry``, ``telewire.settings`` and
 Routes:
     ``GET /media/{carrier}``          WebSocket upgrade: one call per connection.
     ``GET|POST /answer/{carrier}``    the carrier's incoming-call webhook (TwiML, BXML …).
+    ``POST /events/{carrier}``        events the carrier delivers by webhook (Bandwidth DTMF),
+                                      routed into the live call they name.
     ``GET /healthz``                  liveness and load: live calls, limit, carriers.
 """
 
@@ -19,7 +21,7 @@ from aiohttp import WSMsgType, web
 from loguru import logger
 
 from telewire.carrier import HttpRequest
-from telewire.errors import AuthenticationError, ConfigError, PluginError
+from telewire.errors import AuthenticationError, CarrierError, ConfigError, PluginError
 from telewire.graph import CallGraph, Graph, Observer
 from telewire.nodes.carrier_in import CarrierIn
 from telewire.registry import CarrierRegistry
@@ -53,6 +55,7 @@ class TelewireServer:
                               f"found {len(ins)}: {ins}")
         self.tel_in = ins[0]
         self.calls: set[CallGraph] = set()
+        self.live: dict[tuple[str, str], CallGraph] = {}
         self.calls_total = 0
         self.draining = False
         self.app = web.Application()
@@ -60,6 +63,7 @@ class TelewireServer:
             web.get("/media/{carrier}", self.media),
             web.get("/answer/{carrier}", self.answer),
             web.post("/answer/{carrier}", self.answer),
+            web.post("/events/{carrier}", self.events),
             web.get("/healthz", self.healthz),
         ])
         self._runner: web.AppRunner | None = None
@@ -176,6 +180,48 @@ class TelewireServer:
             return web.Response(status=404, text=f"carrier {carrier.name} has no answer webhook\n")
         return web.Response(status=doc.status, text=doc.body, content_type=doc.content_type)
 
+    async def events(self, request: web.Request) -> web.Response:
+        carrier = self._carrier(request)
+        req = await self._http_request(request, websocket=False)
+        try:
+            carrier.authenticate(req, "webhook")
+        except AuthenticationError as exc:
+            logger.warning("event webhook for {} refused: {}", carrier.name, exc)
+            return web.Response(status=403, text="signature check failed\n")
+        try:
+            event = carrier.parse_webhook(req)
+        except CarrierError as exc:
+            logger.error("event webhook for {} rejected: {}", carrier.name, exc)
+            return web.Response(status=400, text=f"{exc}\n")
+        except PluginError as exc:
+            logger.error("event webhook for {} failed: {}", carrier.name, exc)
+            return web.Response(status=500, text="event webhook failed\n")
+        if event is None:
+            return web.Response(status=404, text=f"carrier {carrier.name} has no event webhooks\n")
+        call = self.live.get((carrier.name, event.call_id))
+        if call is None:
+            logger.warning("event webhook for {} names call {!r}, which is not live here",
+                           carrier.name, event.call_id)
+            return web.Response(status=404, text=f"no live call {event.call_id!r}\n")
+        tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
+        for frame in event.frames:
+            await tel_in.dispatch(frame)
+        if event.response is None:
+            return web.Response(status=204)
+        doc = event.response
+        return web.Response(status=doc.status, text=doc.body, content_type=doc.content_type)
+
+    def _track(self, call: CallGraph) -> None:
+        """Index a started call by its carrier call id (for event webhooks)."""
+        if call.context.call_id:
+            self.live[(call.carrier.name, call.context.call_id)] = call
+
+    def _untrack(self, call: CallGraph) -> None:
+        self.calls.discard(call)
+        key = (call.carrier.name, call.context.call_id)
+        if self.live.get(key) is call:
+            del self.live[key]
+
     async def media(self, request: web.Request) -> web.StreamResponse:
         carrier = self._carrier(request)
         if self.draining:
@@ -209,7 +255,7 @@ class TelewireServer:
                 logger.debug("send on closed media socket dropped: {}", exc)
 
         call = CallGraph(self.graph, carrier, send,
-                         self.observers() if self.observers else {})
+                         self.observers() if self.observers else {}, on_start=self._track)
         tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
         self.calls.add(call)
         self.calls_total += 1
@@ -237,7 +283,7 @@ class TelewireServer:
             await call.end(reason, detail)
             closer.cancel()
             await ws.close()
-            self.calls.discard(call)
+            self._untrack(call)
         return ws
 
     async def _close_when_ended(self, call: CallGraph, ws: web.WebSocketResponse) -> None:

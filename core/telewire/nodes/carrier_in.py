@@ -5,7 +5,7 @@ Depends on ``telewire.nodes.base``, ``telewire.frames`` and ``telewire.errors``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -35,9 +35,13 @@ class CarrierInConfig(NodeConfig):
             declared limit).
         max_errors: end the call after this many malformed messages (a peer that only sends
             garbage); ``0`` never ends it.
+        envelope_spec: how inbound messages look, for carriers configured by envelope specs
+            (``sip_bridge``): a preset name, a TOML file path, or an inline table. Compiled once
+            when the graph loads.
     """
 
     interrupt_dtmf_digit: str = "*"
+    envelope_spec: str | dict[str, Any] | None = None
     max_message_bytes: int | None = Field(default=None, gt=0)
     max_errors: int = Field(default=500, ge=0)
 

@@ -5,7 +5,7 @@ Depends on ``telewire.nodes.base`` and ``telewire.frames``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from telewire.frames import AudioFrame, InterruptFrame, MarkFrame, StartFrame
 from telewire.nodes.base import Node, NodeConfig
@@ -19,9 +19,13 @@ class CarrierOutConfig(NodeConfig):
     Attributes:
         mark_items: after the last audio of each agent item, send a mark (when the carrier has
             marks) so its playback can be confirmed.
+        response_envelope_spec: how outbound messages look, for carriers configured by envelope
+            specs: a preset name, a TOML file path, or an inline table. Defaults to the response
+            spec of the preset or file named by ``tel_in.config.envelope_spec``.
     """
 
     mark_items: bool = True
+    response_envelope_spec: str | dict[str, Any] | None = None
 
 
 class CarrierOut(Node):

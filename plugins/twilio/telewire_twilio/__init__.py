@@ -59,6 +59,12 @@ def telewire_carrier_capabilities() -> Capabilities:
 
 
 @hookimpl
+def telewire_envelope_presets() -> Mapping[str, Path]:
+    """Twilio's Media Streams envelope as preset ``twilio``, for Twilio-compatible bridges."""
+    return {"twilio": Path(__file__).with_name("envelope.toml")}
+
+
+@hookimpl
 def telewire_carrier_settings() -> type[TwilioSettings]:
     """The settings model, environment prefix ``TELEWIRE_TWILIO_``."""
     return TwilioSettings
