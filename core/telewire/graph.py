@@ -228,10 +228,11 @@ class Graph:
         targets: dict[tuple[str, str], list[Handler]] = {}
         for e in self.edges:
             targets.setdefault((e.src, e.src_port), []).append(nodes[e.dst].handler(e.dst_port))
+        watchers = [n.observe for n in nodes.values() if n.observes_all]
         for name, node in nodes.items():
             for port in node.outputs:
                 hs = targets.get((name, port), [])
-                observers = call.observers_for(name, port)
+                observers = call.observers_for(name, port) + watchers
                 node.connect(port, _fanout(name, port, hs, observers))
         return nodes
 

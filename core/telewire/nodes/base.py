@@ -63,12 +63,15 @@ class Node:
         outputs: output port name -> tuple of frame types emitted.
         Config: the pydantic model of ``[nodes.<name>.config]``.
         requires: carrier capabilities the node needs (names of ``Capabilities`` fields).
+        observes_all: the node sees every frame on every output port of the graph through
+            :meth:`observe` (the recorder, tracing), after the frame's targets.
     """
 
     inputs: ClassVar[Mapping[str, tuple[type[Frame], ...]]] = {}
     outputs: ClassVar[Mapping[str, tuple[type[Frame], ...]]] = {}
     Config: ClassVar[type[NodeConfig]] = NodeConfig
     requires: ClassVar[tuple[str, ...]] = ()
+    observes_all: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, call: CallHandle) -> None:
         self.name = name
@@ -87,6 +90,9 @@ class Node:
     def handler(self, port: str) -> Handler:
         """The coroutine function handling input ``port``."""
         return getattr(self, "on_" + port)
+
+    def observe(self, node: str, port: str, frame: Frame) -> None:
+        """See a frame leaving ``node.port`` (only for ``observes_all`` nodes). Must be quick."""
 
     async def on_call_start(self, frame: StartFrame) -> None:
         """The call started (every node sees it, before any other frame)."""
