@@ -204,11 +204,18 @@ class MarkFrame(Frame):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InterruptFrame(Frame):
     """Stop the agent talking now (barge-in). ``source`` says who asked: ``"dtmf"``, ``"vad"``,
-    ``"model"`` or ``"operator"``."""
+    ``"model"`` or ``"operator"``.
+
+    Once the carrier side has cleared its buffer it passes the frame on with ``item_id`` (the
+    agent item that was playing) and ``heard_ms`` (how much of it the caller heard), so the model
+    can be truncated at what was actually heard.
+    """
 
     kind: ClassVar[str] = "interrupt"
     source: str
     reason: str = ""
+    item_id: str | None = None
+    heard_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -445,14 +445,14 @@ class CallGraph:
         self.ended = asyncio.Event()
         self._started = False
         self._ending = False
+        self._hanging_up = False
         self.nodes = self.graph.instantiate(self)
 
     def observers_for(self, node: str, port: str) -> list[Observer]:
         return list(self.observers.get((node, port), ())) + list(self.observers.get(("*", "*"), ()))
 
     async def send_to_carrier(self, message: str | bytes) -> None:
-        if not self._ending or not self.ended.is_set():
-            await self.send(message)
+        await self.send(message)
 
     async def start(self, frame: StartFrame) -> None:
         """Broadcast the call's start to every node (once)."""
@@ -472,6 +472,37 @@ class CallGraph:
         self.errors.append(frame)
         if len(self.errors) > 1000:
             del self.errors[:500]
+
+    async def inject(self, port: str, frame: Frame, *, carrier_side: bool = False) -> None:
+        """Deliver ``frame`` to input ``port`` of the realtime agent (or, with ``carrier_side``,
+        of the carrier-out node), as an operator or control plane does."""
+        from telewire.nodes.carrier_out import CarrierOut
+        from telewire.nodes.realtime_agent import RealtimeAgent
+
+        kind = CarrierOut if carrier_side else RealtimeAgent
+        for node in self.nodes.values():
+            if isinstance(node, kind) and port in node.inputs:
+                await node.handler(port)(frame)
+
+    async def hang_up(self, reason: str, detail: str = "") -> None:
+        """Hang up after the agent's last audio has played: drain, the carrier's hang-up hook
+        (exactly once), then end the call (the server closes the media socket)."""
+        if self._ending or self._hanging_up:
+            return
+        self._hanging_up = True
+        from telewire.nodes.carrier_out import CarrierOut
+
+        for node in self.nodes.values():
+            if isinstance(node, CarrierOut) and not await node.drain():
+                self.log.warning("hang-up: the last agent audio did not finish playing within "
+                                 "{:g} s; hanging up anyway", node.config.drain_timeout_s)
+        try:
+            message = self.carrier.hangup(self.context, reason)
+            if message is not None:
+                await self.send_to_carrier(message)
+        except Exception:  # a plugin failure must not keep the call open
+            self.log.exception("carrier {} hang-up hook failed", self.carrier.name)
+        await self.end(reason, detail)
 
     async def end(self, reason: str, detail: str = "") -> None:
         """End the call once: every node's ``on_call_end`` runs, then :attr:`ended` is set."""

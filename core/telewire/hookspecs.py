@@ -181,6 +181,24 @@ def telewire_build_clear(call: CallContext) -> str | bytes | None:
     """
 
 
+@hookspec(firstresult=True)
+def telewire_hangup(call: CallContext, reason: str) -> str | bytes | None:
+    """Build the message that ends the call, sent on the media socket just before the core
+    closes it.
+
+    Called exactly once per call that telewire hangs up (the ``end_call`` tool, a budget guard,
+    an operator), after the agent's last audio has played.
+
+    Args:
+        call: this call's context.
+        reason: why the call is being ended (short, stable: ``"end_call"`` …).
+
+    Returns:
+        The message, or ``None`` when closing the media socket is itself the hang-up (Twilio's
+        ``<Connect><Stream>`` with no TwiML after it). Stops at the first non-None result.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # control
 # ---------------------------------------------------------------------------------------------

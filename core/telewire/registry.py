@@ -91,7 +91,7 @@ class Carrier:
     """
 
     __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
-                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook")
+                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup")
 
     def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
         self.name = name
@@ -106,6 +106,7 @@ class Carrier:
         self._settings = hook.telewire_carrier_settings
         self._warnings = hook.telewire_carrier_warnings
         self._webhook = hook.telewire_parse_webhook
+        self._hangup = hook.telewire_hangup
         caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
         if not isinstance(caps, Capabilities):
             raise PluginError(
@@ -167,6 +168,10 @@ class Carrier:
     def build_clear(self, call: CallContext) -> str | bytes | None:
         """A clear message, or ``None`` when the carrier cannot clear."""
         return self._call("telewire_build_clear", self._clear, call=call)
+
+    def hangup(self, call: CallContext, reason: str) -> str | bytes | None:
+        """The message that ends the call, or ``None`` when closing the socket is enough."""
+        return self._call("telewire_hangup", self._hangup, call=call, reason=reason)
 
     def answer_document(self, request: HttpRequest, stream_url: str,
                         parameters: Mapping[str, str]) -> HttpResponse | None:

@@ -9,6 +9,10 @@ Routes:
     ``POST /events/{carrier}``        events the carrier delivers by webhook (Bandwidth DTMF),
                                       routed into the live call they name.
     ``GET /healthz``                  liveness and load: live calls, limit, carriers.
+    ``GET /calls``                    the live calls.
+    ``POST /calls/{carrier}/{call_id}/steer|interrupt|hangup``
+                                      operator control of one live call (JSON body for steer:
+                                      ``{"instructions": …, "voice": …}``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from loguru import logger
 
 from telewire.carrier import HttpRequest
 from telewire.errors import AuthenticationError, CarrierError, ConfigError, PluginError
+from telewire.frames import InterruptFrame, SteerFrame
 from telewire.graph import CallGraph, Graph, Observer
 from telewire.nodes.carrier_in import CarrierIn
 from telewire.registry import CarrierRegistry
@@ -65,6 +70,8 @@ class TelewireServer:
             web.post("/answer/{carrier}", self.answer),
             web.post("/events/{carrier}", self.events),
             web.get("/healthz", self.healthz),
+            web.get("/calls", self.list_calls),
+            web.post("/calls/{carrier}/{call_id}/{action}", self.control),
         ])
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -210,6 +217,39 @@ class TelewireServer:
             return web.Response(status=204)
         doc = event.response
         return web.Response(status=doc.status, text=doc.body, content_type=doc.content_type)
+
+    async def list_calls(self, request: web.Request) -> web.Response:
+        return web.json_response([
+            {"carrier": c.carrier.name, "call_id": c.context.call_id,
+             "stream_id": c.context.stream_id, "started": c.context.started}
+            for c in self.calls])
+
+    async def control(self, request: web.Request) -> web.Response:
+        """Operator control: steer, interrupt or hang up one live call."""
+        key = (request.match_info["carrier"], request.match_info["call_id"])
+        action = request.match_info["action"]
+        call = self.live.get(key)
+        if call is None:
+            return web.json_response({"error": f"no live call {key[1]!r} on {key[0]!r}"},
+                                     status=404)
+        if action == "steer":
+            try:
+                body = await request.json()
+                frame = SteerFrame(instructions=body.get("instructions"), voice=body.get("voice"))
+            except (ValueError, TypeError, AttributeError) as exc:
+                return web.json_response({"error": f"steer needs a JSON object with "
+                                                   f"instructions and/or voice: {exc}"}, status=400)
+            await call.inject("steer_in", frame)
+        elif action == "interrupt":
+            await call.inject("interrupt_in", InterruptFrame(source="operator", reason="operator"),
+                              carrier_side=True)
+        elif action == "hangup":
+            asyncio.ensure_future(call.hang_up("operator", "hung up by an operator"))
+        else:
+            return web.json_response({"error": f"unknown action {action!r}; use steer, "
+                                               "interrupt or hangup"}, status=404)
+        call.log.info("operator: {}", action)
+        return web.json_response({"ok": True, "action": action})
 
     def _track(self, call: CallGraph) -> None:
         """Index a started call by its carrier call id (for event webhooks)."""

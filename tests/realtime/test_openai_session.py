@@ -243,7 +243,15 @@ async def test_steer_updates_instructions_and_respects_the_voice_lock(
     second = (await conn.wait_for("session.update", 3))[2]
     assert second["session"] == {"type": "realtime", "instructions": "Speak French."}
     assert conn.session["instructions"] == "Speak French."
-    assert conn.session["audio"]["output"]["voice"] == "marin"
+    assert conn.session["audio"]["output"]["voice"] == "marin"  # never asked to change: locked
+    assert session.handovers == 0  # the echo response is still open: wait for response.done
+    await conn.finish_response()
+    fresh = await conn.server.wait_for_connection(1)  # the voice moved to a fresh session
+    (setup,) = await fresh.wait_for("session.update")
+    assert setup["session"]["audio"]["output"]["voice"] == "ash"
+    assert setup["session"]["instructions"] == "Speak French."
+    assert session.handovers == 1
+    assert conn.events("error") == [] and fresh.events("error") == []
 
 
 async def test_fatal_provider_error_ends_with_provider_error(
@@ -291,12 +299,27 @@ async def test_refused_session_setup_fails_loudly(sink: Sink) -> None:
     assert sink.of(ErrorFrame)[0].fatal
 
 
-async def test_server_close_ends_with_provider_closed_and_its_code(
+async def test_normal_server_close_ends_with_provider_closed_and_its_code(
         session: OpenAISession, conn: FakeConnection, sink: Sink) -> None:
-    await conn.close(1001, "going away")
+    await conn.close(1000, "bye")
     (end,) = await sink.wait_for(EndFrame)
     assert end.reason == "provider_closed"
-    assert "1001" in end.detail and "going away" in end.detail
+    assert "1000" in end.detail and "bye" in end.detail
+
+
+async def test_going_away_reconnects_and_replays_the_conversation(
+        session: OpenAISession, conn: FakeConnection, sink: Sink) -> None:
+    await conn.push_caller_transcript("What are your opening hours?")
+    await sink.wait_for(TranscriptFrame)
+    await conn.close(1001, "going away")
+    fresh = await conn.server.wait_for_connection(1)
+    (item,) = await fresh.wait_for("conversation.item.create")
+    assert item["item"]["role"] == "user"
+    assert item["item"]["content"] == [{"type": "input_text", "text": "What are your opening hours?"}]
+    await session.send_audio(AudioFrame(payload="AAEC"))
+    (append,) = await fresh.wait_for("input_audio_buffer.append")
+    assert append["audio"] == "AAEC"
+    assert session.reconnects == 1 and sink.of(EndFrame) == []
 
 
 async def test_junk_and_oversize_provider_messages_are_skipped(sink: Sink) -> None:

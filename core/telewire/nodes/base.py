@@ -47,6 +47,9 @@ class CallHandle(Protocol):
     async def end(self, reason: str, detail: str = "") -> None:
         """End the call (idempotent): every node sees one ``EndFrame``."""
 
+    async def hang_up(self, reason: str, detail: str = "") -> None:
+        """Hang up once the agent's last audio has played, through the carrier's hook."""
+
     def report(self, frame: ErrorFrame) -> None:
         """Record a non-fatal error against the call."""
 

@@ -1,14 +1,19 @@
-"""The ``carrier_out`` node: wraps agent audio in the carrier's envelopes and sends it.
+"""The ``carrier_out`` node: wraps agent audio in the carrier's envelopes, tracks what was heard.
 
-Depends on ``telewire.nodes.base`` and ``telewire.frames``.
+Depends on ``telewire.nodes.base``, ``telewire.playback`` and ``telewire.frames``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, ClassVar
 
-from telewire.frames import AudioFrame, InterruptFrame, MarkFrame, StartFrame
+from pydantic import Field
+
+from telewire.frames import AudioFrame, EndFrame, InterruptFrame, MarkFrame
 from telewire.nodes.base import Node, NodeConfig
+from telewire.playback import PlaybackLedger
 
 __all__ = ["CarrierOut"]
 
@@ -17,27 +22,31 @@ class CarrierOutConfig(NodeConfig):
     """``[nodes.tel_out.config]``.
 
     Attributes:
-        mark_items: after the last audio of each agent item, send a mark (when the carrier has
-            marks) so its playback can be confirmed.
+        mark_interval_ms: place a playback mark after at least this much agent audio (and at
+            every item boundary), when the carrier has marks. Smaller is finer but sends more
+            messages; between marks the heard position is interpolated at the playout rate.
+        drain_timeout_s: how long a hang-up waits for the last agent audio to play.
         response_envelope_spec: how outbound messages look, for carriers configured by envelope
             specs: a preset name, a TOML file path, or an inline table. Defaults to the response
             spec of the preset or file named by ``tel_in.config.envelope_spec``.
     """
 
-    mark_items: bool = True
+    mark_interval_ms: float = Field(default=100.0, gt=0)
+    drain_timeout_s: float = Field(default=10.0, ge=0)
     response_envelope_spec: str | dict[str, Any] | None = None
 
 
 class CarrierOut(Node):
-    """Sends agent audio to the carrier untouched (payload in its wire form), clears on interrupt,
-    and marks the end of each agent item."""
+    """Sends agent audio to the carrier untouched (payload in its wire form) and keeps the playout
+    ledger: on an interrupt it clears the carrier and passes the interrupt on with the item that
+    was playing and how much of it the caller heard (port ``heard``)."""
 
     inputs: ClassVar = {
         "audio_in": (AudioFrame,),
         "interrupt_in": (InterruptFrame,),
         "marks_in": (MarkFrame,),
     }
-    outputs: ClassVar = {"played": (MarkFrame,)}
+    outputs: ClassVar = {"heard": (InterruptFrame,), "played": (MarkFrame,)}
     Config: ClassVar = CarrierOutConfig
 
     def __init__(self, name: str, config: CarrierOutConfig, call) -> None:  # type: ignore[no-untyped-def]
@@ -45,32 +54,34 @@ class CarrierOut(Node):
         self._carrier = call.carrier
         self._ctx = call.context
         self._send = call.send_to_carrier
-        self._marks = config.mark_items and self._carrier.capabilities.marks
-        self._item: str | None = None
-        self._mark_seq = 0
-        self.pending_marks: dict[str, str | None] = {}
+        caps = self._carrier.capabilities
+        self.ledger = PlaybackLedger(marks=caps.marks, mark_interval_ms=config.mark_interval_ms,
+                                     bytes_per_ms=caps.media_format.sample_rate
+                                     * (2 if caps.media_format.codec == "l16" else 1) / 1000.0)
+        self._clock = time.monotonic
+        self._acked = asyncio.Event()
         self.frames_sent = 0
         self.clears_sent = 0
 
-    async def on_call_start(self, frame: StartFrame) -> None:
-        self._item = None
+    async def _mark(self, name: str | None) -> None:
+        if name is not None:
+            msg = self._carrier.build_mark(self._ctx, name)
+            if msg is not None:
+                await self._send(msg)
 
     async def on_audio_in(self, frame: AudioFrame) -> None:  # type: ignore[override]
         if not self._ctx.started:
             return
-        if self._marks and frame.item_id != self._item and self._item is not None:
-            await self._mark_item()
-        self._item = frame.item_id
+        ledger = self.ledger
+        now = self._clock()
+        mark = ledger.before_audio(frame.item_id, now)
+        if mark is not None:
+            await self._mark(mark)
         await self._send(self._carrier.wrap_audio(self._ctx, frame))
         self.frames_sent += 1
-
-    async def _mark_item(self) -> None:
-        self._mark_seq += 1
-        name = f"item-{self._mark_seq}"
-        msg = self._carrier.build_mark(self._ctx, name)
-        if msg is not None:
-            self.pending_marks[name] = self._item
-            await self._send(msg)
+        mark = ledger.after_audio(frame.byte_length, now)
+        if mark is not None:
+            await self._mark(mark)
 
     async def on_interrupt_in(self, frame: InterruptFrame) -> None:  # type: ignore[override]
         if not self._ctx.started:
@@ -79,10 +90,44 @@ class CarrierOut(Node):
         if msg is not None:
             self.clears_sent += 1
             await self._send(msg)
-        self._item = None
+        heard = self.ledger.clear(self._clock())
+        self.call.log.info("barge-in ({}): {}", frame.source,
+                           f"item {heard.item_id} heard {heard.heard_ms:.0f} of "
+                           f"{heard.sent_ms:.0f} ms" if heard else "nothing was playing")
+        await self.emit("heard", InterruptFrame(
+            source=frame.source, reason=frame.reason,
+            item_id=heard.item_id if heard else None,
+            heard_ms=heard.heard_ms if heard else None))
 
     async def on_marks_in(self, frame: MarkFrame) -> None:  # type: ignore[override]
-        if self.pending_marks.pop(frame.name, False) is not False:
+        if self.ledger.acknowledged(frame.name, self._clock()):
+            self._acked.set()
             await self.emit("played", frame)
         else:
-            self.call.log.debug("mark {!r} acknowledged but not ours or already seen", frame.name)
+            self.call.log.debug("mark {!r} flushed by a clear, repeated, or not ours", frame.name)
+
+    async def drain(self) -> bool:
+        """Wait until the agent audio sent so far has played (at most ``drain_timeout_s``).
+
+        Returns ``True`` when it has, ``False`` on timeout.
+        """
+        await self._mark(self.ledger.final_mark())
+        clock = self._clock
+        deadline = clock() + self.config.drain_timeout_s
+        while not self.ledger.drained(clock()):
+            left = deadline - clock()
+            if left <= 0:
+                return False
+            if self.ledger.marks:
+                self._acked.clear()
+                try:
+                    await asyncio.wait_for(self._acked.wait(), timeout=left)
+                except asyncio.TimeoutError:
+                    return False
+            else:
+                unplayed = self.ledger.total_sent - self.ledger.position(clock())
+                await asyncio.sleep(min(left, max(0.005, unplayed / self.ledger.rate / 1000.0)))
+        return True
+
+    async def on_call_end(self, frame: EndFrame) -> None:
+        self._acked.set()

@@ -6,7 +6,7 @@ Depends on ``telewire.nodes.base``, ``telewire.realtime`` and ``telewire.frames`
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
@@ -25,6 +25,7 @@ from telewire.frames import (
 )
 from telewire.nodes.base import Node
 from telewire.realtime.base import ProviderConfig, RealtimeSession, create_session
+from telewire.tools import ToolBox
 
 __all__ = ["RealtimeAgent"]
 
@@ -77,7 +78,11 @@ class RealtimeAgent(Node):
 
     async def on_call_start(self, frame: StartFrame) -> None:
         try:
-            self.session = create_session(self.config, self._from_model)
+            kwargs: dict[str, Any] = {}
+            if self.config.provider != "echo":
+                kwargs["log"] = self.call.log
+                kwargs["tools"] = ToolBox(self.config.tools, self.config.builtin_tools, self.call)
+            self.session = create_session(self.config, self._from_model, **kwargs)
         except ConfigError as exc:
             self.call.log.error("{}", exc)
             await self.call.end("config_error", str(exc))

@@ -13,24 +13,85 @@ interrupts (the model heard the caller start talking), and at most one
 from __future__ import annotations
 
 import abc
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from telewire.errors import ConfigError
 from telewire.frames import AudioFrame, DTMFFrame, Frame, InterruptFrame, StartFrame, SteerFrame
 
-__all__ = ["FrameSink", "ProviderConfig", "RealtimeSession", "create_session", "PROVIDERS"]
+__all__ = ["FrameSink", "PROVIDERS", "ProviderConfig", "RealtimeSession", "ToolSpec",
+           "TurnDetection", "create_session"]
 
 FrameSink = Callable[[Frame], Awaitable[None]]
+
+
+class TurnDetection(BaseModel):
+    """``rt.config.turn_detection``: who decides when the caller has finished a turn.
+
+    ``server_vad`` uses ``threshold``/``prefix_padding_ms``/``silence_duration_ms``/
+    ``idle_timeout_ms``; ``semantic_vad`` uses ``eagerness``; ``none`` turns detection off.
+    ``interrupt_response`` lets the provider cancel its own response when the caller starts
+    talking (telewire still clears the carrier and truncates at what was heard).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    prefix_padding_ms: int = Field(default=300, ge=0)
+    silence_duration_ms: int = Field(default=500, ge=0)
+    idle_timeout_ms: int | None = Field(default=None, gt=0)
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
+
+    def wire(self) -> dict[str, Any] | None:
+        """The GA ``audio.input.turn_detection`` object (``None`` for ``type = "none"``)."""
+        if self.type == "none":
+            return None
+        out: dict[str, Any] = {"type": self.type, "create_response": self.create_response,
+                               "interrupt_response": self.interrupt_response}
+        if self.type == "server_vad":
+            out.update(threshold=self.threshold, prefix_padding_ms=self.prefix_padding_ms,
+                       silence_duration_ms=self.silence_duration_ms)
+            if self.idle_timeout_ms is not None:
+                out["idle_timeout_ms"] = self.idle_timeout_ms
+        else:
+            out["eagerness"] = self.eagerness
+        return out
+
+
+class ToolSpec(BaseModel):
+    """One function tool offered to the model (``[[nodes.rt.config.tools]]``).
+
+    Attributes:
+        name: the function name the model calls.
+        description: what it does, for the model.
+        parameters: JSON Schema of its arguments.
+        function: ``"package.module:callable"``, or the name of an entry point in group
+            ``telewire.tools``. Called with the parsed arguments as keywords (sync or async);
+            its return value (JSON-serialisable) goes back to the model.
+        timeout_s: the call is abandoned after this long and the model told so.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    function: str
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class ProviderConfig(BaseModel):
     """``rt.config`` of the graph: which provider and how to reach it.
 
     Attributes:
-        provider: ``echo`` (loops caller audio back) or ``openai`` (OpenAI Realtime GA and any
-            compatible endpoint).
+        provider: ``echo`` (loops caller audio back), ``openai`` (OpenAI Realtime GA and any
+            compatible endpoint, ``Authorization: Bearer``) or ``azure`` (Azure OpenAI's GA
+            endpoint ``https://RESOURCE.openai.azure.com/openai/v1/realtime``, ``api-key`` header,
+            key from ``AZURE_OPENAI_API_KEY``; ``model`` is the deployment name).
         url: the realtime WebSocket URL (``wss://api.openai.com/v1/realtime``); ``model`` is added
             as a query parameter.
         model: the model name.
@@ -39,6 +100,15 @@ class ProviderConfig(BaseModel):
         api_key: the key; when unset, ``OPENAI_API_KEY`` from the environment.
         transcription_model: the model that transcribes the caller's audio into transcript
             frames (``audio.input.transcription``); ``""`` turns caller transcription off.
+        turn_detection: see :class:`TurnDetection`.
+        tools: function tools offered to the model (see :class:`ToolSpec`).
+        builtin_tools: telewire's own tools offered to the model: ``end_call`` (hang up once the
+            last audio has played) and ``transfer_call`` (where the carrier can transfer).
+        session_max_s: hand the call over to a fresh provider session (conversation replayed)
+            at the first turn boundary after this long, before the provider's own limit (60 min
+            for OpenAI) ends it.
+        reconnect_attempts: reconnections tried after an abnormal close (1001/1006/1011/1012/
+            1013), with backoff doubling from 0.1 s up to ``reconnect_max_backoff_s``.
         connect_timeout_s: how long to wait for the connection and ``session.created``.
         max_message_bytes: the largest message accepted from the provider.
     """
@@ -46,6 +116,13 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: str = "echo"
+    turn_detection: TurnDetection = Field(default_factory=TurnDetection)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    builtin_tools: list[Literal["end_call", "transfer_call"]] = Field(
+        default_factory=lambda: ["end_call"])
+    session_max_s: float = Field(default=3300.0, gt=0)
+    reconnect_attempts: int = Field(default=6, ge=0)
+    reconnect_max_backoff_s: float = Field(default=2.0, gt=0)
     url: str = "wss://api.openai.com/v1/realtime"
     model: str = "gpt-realtime"
     voice: str = "marin"
@@ -97,12 +174,12 @@ class RealtimeSession(abc.ABC):
 
 def _providers() -> dict[str, type[RealtimeSession]]:
     from telewire.realtime.echo import EchoSession
-    from telewire.realtime.openai import OpenAISession
+    from telewire.realtime.openai import AzureSession, OpenAISession
 
-    return {EchoSession.name: EchoSession, OpenAISession.name: OpenAISession}
+    return {s.name: s for s in (EchoSession, OpenAISession, AzureSession)}
 
 
-PROVIDERS = ("echo", "openai")
+PROVIDERS = ("echo", "openai", "azure")
 
 
 def create_session(config: ProviderConfig, sink: FrameSink, **kwargs: Any) -> RealtimeSession:

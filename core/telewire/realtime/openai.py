@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -24,6 +25,7 @@ from telewire import jsonfast
 from telewire.errors import ConfigError, ProviderError, ProviderProtocolError
 from telewire.frames import (
     AudioFrame,
+    DTMFFrame,
     EndFrame,
     ErrorFrame,
     InterruptFrame,
@@ -37,7 +39,10 @@ from telewire.realtime.base import FrameSink, ProviderConfig, RealtimeSession
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["FATAL_ERROR_CODES", "BENIGN_ERROR_CODES", "OpenAISession", "TURN_DETECTION"]
+    from telewire.tools import ToolBox
+
+__all__ = ["AzureSession", "BENIGN_ERROR_CODES", "FATAL_ERROR_CODES", "OpenAISession",
+           "RECONNECT_CLOSE_CODES"]
 
 logger = loguru.logger
 
@@ -48,7 +53,6 @@ FATAL_ERROR_CODES = frozenset({
     "insufficient_quota",
     "model_not_found",
     "beta_api_shape_disabled",
-    "session_expired",
     "account_deactivated",
     "billing_hard_limit_reached",
 })
@@ -58,16 +62,11 @@ BENIGN_ERROR_CODES = frozenset({
     "conversation_already_has_active_response",
     "input_audio_buffer_commit_empty",
 })
-#: Server VAD settings sent in ``session.update`` (the GA defaults, spelled out so the
-#: effective behaviour does not change if the provider's defaults do).
-TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad",
-    "threshold": 0.5,
-    "prefix_padding_ms": 300,
-    "silence_duration_ms": 500,
-    "create_response": True,
-    "interrupt_response": True,
-}
+#: Close codes after which the session reconnects and replays the conversation: going away,
+#: abnormal (no close frame), internal error, service restart, try again later.
+RECONNECT_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+#: Errors that end this provider session but not the call: reconnect and replay.
+_REPLAYABLE_ERROR_CODES = frozenset({"session_expired"})
 #: The only audio format this provider speaks, both ways.
 PCMU = "audio/pcmu"
 #: Hosts on which a missing API key is replaced by a placeholder (local fake servers).
@@ -92,26 +91,29 @@ async def _not_started(event: str) -> None:
 
 
 class OpenAISession(RealtimeSession):
-    """One call's OpenAI Realtime GA session.
+    """One call's OpenAI Realtime GA session, which survives provider restarts and voice swaps.
+
+    The session keeps the conversation as replayable items (caller and agent transcripts,
+    DTMF notes, tool calls and outputs). When the provider drops the connection abnormally it
+    reconnects with backoff and replays them; when the voice must change after the model has
+    spoken (the provider locks it) or the session nears the provider's age limit, it opens a
+    fresh session at the next turn boundary, replays the conversation, and switches over. Caller
+    audio arriving meanwhile is held and sent to the new session in order.
 
     Args:
-        config: ``rt.config``: URL, model, voice, instructions, key, limits.
+        config: ``rt.config``: URL, model, voice, instructions, key, limits, turn detection.
         sink: receives the frames the model produces.
-        log: a logger already bound to the call (``carrier``, ``call_sid`` …); when omitted one is
-            bound at :meth:`start` from the :class:`StartFrame`.
+        log: a logger already bound to the call; when omitted one is bound at :meth:`start`.
+        tools: the call's tools (``end_call`` …); ``None`` offers none.
     """
 
     name = "openai"
 
-    def __init__(
-        self,
-        config: ProviderConfig,
-        sink: FrameSink,
-        *,
-        log: Logger | None = None,
-    ) -> None:
+    def __init__(self, config: ProviderConfig, sink: FrameSink, *, log: Logger | None = None,
+                 tools: ToolBox | None = None) -> None:
         super().__init__(config, sink)
         self.transcription_model = config.transcription_model or None
+        self.tools = tools
         self._log: Logger = log if log is not None else logger.bind(provider=self.name)
         self._bound_log = log is not None
         self._ws: ClientConnection | None = None
@@ -122,6 +124,21 @@ class OpenAISession(RealtimeSession):
         self._ended = False
         self._response_id: str | None = None
         self._audio_heard = False
+        self._voice = config.voice
+        self._instructions = config.system_prompt
+        self._pending_voice: str | None = None
+        self._opened_at = 0.0
+        self._switching = False
+        self._held: list[str] = []
+        self._held_limit = 500  # 10 s of 20 ms frames
+        self._dropped: set[str] = set()
+        self._item_chars: dict[str, int] = {}
+        self._agent_items: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: The conversation as replayable ``conversation.item.create`` items, in order.
+        self.history: list[dict[str, Any]] = []
+        self.reconnects = 0
+        self.handovers = 0
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "session.updated": self._on_session_updated,
             "response.created": self._on_response_created,
@@ -142,12 +159,8 @@ class OpenAISession(RealtimeSession):
     async def start(self, start: StartFrame) -> None:
         """Connect, wait for ``session.created``, configure mu-law in and out, start reading.
 
-        Args:
-            start: the call that this session serves (used to bind the log).
-
         Raises:
-            ConfigError: no API key (``rt.config.api_key`` / ``OPENAI_API_KEY``) for a non-local
-                URL, or a URL that is not ``ws://`` / ``wss://``.
+            ConfigError: no API key for a non-local URL, or a URL that is not ws:// / wss://.
             ProviderError: the provider refused the connection, did not answer within
                 ``connect_timeout_s``, or sent an ``error`` instead of ``session.created``.
             RuntimeError: ``start`` was called twice.
@@ -158,62 +171,162 @@ class OpenAISession(RealtimeSession):
         if not self._bound_log:
             self._log = logger.bind(provider=self.name, carrier=start.carrier,
                                     call_sid=start.call_id, stream_sid=start.stream_id)
-        url, where = self._session_url()
-        key = self._api_key(where)
-        timeout = self.config.connect_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                ws = await connect(
-                    url,
-                    additional_headers={"Authorization": "Bearer " + key},
-                    max_size=self.config.max_message_bytes * _HARD_LIMIT_FACTOR,
-                    compression=None,  # base64 audio barely compresses; deflate costs CPU per frame
-                    open_timeout=None,  # bounded by the enclosing timeout
-                )
-        except TimeoutError:
-            raise ProviderError(f"openai: no connection to {where} within {timeout:g}s "
-                                "(rt.config.connect_timeout_s)", code=None) from None
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise ProviderError(f"openai: {where} refused the WebSocket handshake with HTTP {status}",
-                                code=None) from None
-        except (InvalidHandshake, OSError) as exc:
-            raise ProviderError(f"openai: cannot connect to {where}: {exc}", code=None) from None
-        self._ws = ws
-        try:
-            async with asyncio.timeout(timeout):
-                await self._await_session_created(ws, where)
-            await ws.send(jsonfast.dumps({"type": "session.update", "event_id": _SETUP_EVENT_ID,
-                                          "session": self.session_config()}))
-        except TimeoutError:
-            await ws.close()
-            raise ProviderError(f"openai: {where} sent no session.created within {timeout:g}s",
-                                code=None) from None
-        except ConnectionClosed as exc:
-            raise ProviderError(f"openai: {where} closed the connection during set-up "
-                                f"({_close_text(exc)})", code=None) from None
-        except BaseException:
-            await ws.close()
-            raise
-        self._send = ws.send
-        self._reader = asyncio.create_task(self._read(ws), name=f"openai-reader-{start.stream_id}")
-        self._log.info("openai: session open at {} (model {})", where, self.config.model)
+        ws = await self._connect()
+        self._attach(ws)
+        self._log.info("{}: session open at {} (model {})", self.name, self._where(),
+                       self.config.model)
 
     async def close(self) -> None:
         """Stop reading and close the socket. Idempotent; emits no frame."""
         if self._closed:
             return
         self._closed = True
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
         reader = self._reader
-        if reader is not None and not reader.done() and reader is not asyncio.current_task():
+        if reader is not None and not reader.done() and reader is not current:
             reader.cancel()
             try:
                 await reader
             except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
+                if current is not None and current.cancelling():
                     raise
         if self._ws is not None:
             await self._ws.close()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.name}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return self._session_url()[1]
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self._api_key(self._where())}
+
+    async def _connect(self, *, replay: bool = False) -> ClientConnection:
+        """Open a provider session configured for this call (and replay the conversation)."""
+        url, where = self._session_url()
+        headers = self._auth_headers()
+        timeout = self.config.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await connect(
+                    url,
+                    additional_headers=headers,
+                    max_size=self.config.max_message_bytes * _HARD_LIMIT_FACTOR,
+                    compression=None,  # base64 audio barely compresses; deflate costs CPU per frame
+                    open_timeout=None,  # bounded by the enclosing timeout
+                )
+        except TimeoutError:
+            raise ProviderError(f"{self.name}: no connection to {where} within {timeout:g}s "
+                                "(rt.config.connect_timeout_s)", code=None) from None
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise ProviderError(f"{self.name}: {where} refused the WebSocket handshake with HTTP "
+                                f"{status}", code=None) from None
+        except (InvalidHandshake, OSError) as exc:
+            raise ProviderError(f"{self.name}: cannot connect to {where}: {exc}", code=None) from None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._await_session_created(ws, where)
+            await ws.send(jsonfast.dumps({"type": "session.update", "event_id": _SETUP_EVENT_ID,
+                                          "session": self.session_config()}))
+            if replay:
+                for item in self.history:
+                    await ws.send(jsonfast.dumps({"type": "conversation.item.create",
+                                                  "item": item}))
+        except TimeoutError:
+            await ws.close()
+            raise ProviderError(f"{self.name}: {where} sent no session.created within "
+                                f"{timeout:g}s", code=None) from None
+        except ConnectionClosed as exc:
+            raise ProviderError(f"{self.name}: {where} closed the connection during set-up "
+                                f"({_close_text(exc)})", code=None) from None
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    def _attach(self, ws: ClientConnection) -> None:
+        """Make ``ws`` the live connection: start its reader, release held caller audio."""
+        self._ws = ws
+        self._send = ws.send
+        self._opened_at = time.monotonic()
+        self._audio_heard = False if self.handovers or self.reconnects else self._audio_heard
+        self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}-reader")
+
+    async def _hold(self, message: str) -> None:
+        """The sender while no connection is live: keep caller audio (bounded), drop the rest."""
+        if message.startswith(_APPEND_HEAD):
+            if len(self._held) >= self._held_limit:
+                self._held.pop(0)
+            self._held.append(message)
+
+    async def _release_held(self, ws: ClientConnection) -> None:
+        held, self._held = self._held, []
+        for message in held:
+            await ws.send(message)
+
+    async def _reconnect(self, why: str) -> None:
+        """Reconnect with bounded backoff, replaying the conversation; end the call if it fails."""
+        self._send = self._hold
+        self._response_id = None
+        delay = 0.1
+        attempts = self.config.reconnect_attempts
+        for attempt in range(1, attempts + 1):
+            if self._closed:
+                return
+            try:
+                ws = await self._connect(replay=True)
+            except (ProviderError, ConfigError) as exc:
+                self._log.warning("{}: reconnect {} of {} failed: {}", self.name, attempt,
+                                  attempts, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max_backoff_s)
+                continue
+            if self._closed:
+                await ws.close()
+                return
+            self.reconnects += 1
+            await self._release_held(ws)
+            self._attach(ws)
+            self._log.info("{}: reconnected after {} ({} conversation items replayed)",
+                           self.name, why, len(self.history))
+            return
+        await self._end("provider_closed", f"{why}; {attempts} reconnection attempts failed")
+
+    async def _handover(self, why: str) -> None:
+        """Switch to a fresh provider session at a turn boundary, conversation replayed."""
+        if self._switching or self._closed or self._ended:
+            return
+        self._switching = True
+        old = self._ws
+        self._send = self._hold
+        try:
+            ws = await self._connect(replay=True)
+        except (ProviderError, ConfigError) as exc:
+            self._log.error("{}: handover ({}) failed, keeping the current session: {}",
+                            self.name, why, exc)
+            if old is not None:
+                self._send = old.send
+                await self._release_held(old)
+            self._switching = False
+            return
+        self.handovers += 1
+        await self._release_held(ws)
+        self._attach(ws)
+        self._switching = False
+        self._log.info("{}: handed over to a fresh session ({}; {} items replayed)", self.name,
+                       why, len(self.history))
+        if old is not None:
+            await old.close()
 
     # -- caller to model -------------------------------------------------------------------------
 
@@ -228,62 +341,101 @@ class OpenAISession(RealtimeSession):
         except ConnectionClosed:
             pass
 
-    async def interrupt(self, frame: InterruptFrame) -> None:
-        """Barge-in: cancel the response the model is speaking, if any.
+    async def send_dtmf(self, frame: DTMFFrame) -> None:
+        """Offer a keypad digit to the model as text, and let it answer."""
+        item = _message("user", f"[The caller pressed the key {frame.digit}]")
+        self.history.append(item)
+        await self._send_event({"type": "conversation.item.create", "item": item})
+        if self._response_id is None:
+            await self._send_event({"type": "response.create"})
 
-        An interrupt that came from the model itself (``source="model"``: its VAD heard the
-        caller) needs no cancel: server VAD with ``interrupt_response`` has already cancelled it.
+    async def interrupt(self, frame: InterruptFrame) -> None:
+        """Barge-in: cancel the response being spoken and truncate at what the caller heard.
+
+        ``response.cancel`` is sent when a response is active, unless the model's own VAD raised
+        the interrupt with ``interrupt_response`` on (then the provider has cancelled it). Any
+        late delta of that response is dropped. When the carrier side reports the playing item
+        and ``heard_ms``, the item is truncated there, clamped to the audio received for it.
         """
-        if frame.source == "model" or self._response_id is None:
+        rid = self._response_id
+        if rid is not None:
+            self._dropped.add(rid)
+            if frame.source != "model" or not self.config.turn_detection.interrupt_response:
+                await self._send_event({"type": "response.cancel", "response_id": rid})
+        item = frame.item_id
+        if item is None or frame.heard_ms is None or item not in self._item_chars:
             return
-        await self._cancel_response(self._response_id)
+        received_ms = self._item_chars[item] * 3 // 4 / 8.0
+        end_ms = int(max(0.0, min(frame.heard_ms, received_ms)))
+        await self._send_event({"type": "conversation.item.truncate", "item_id": item,
+                                "content_index": 0, "audio_end_ms": end_ms})
+        if received_ms > 0:
+            self._agent_items[item] = end_ms
+        self._log.info("{}: truncated {} at {} of {:.0f} ms", self.name, item, end_ms, received_ms)
 
     async def steer(self, frame: SteerFrame) -> None:
-        """Change the instructions (and the voice, while no agent audio has been produced).
+        """Change instructions now; change the voice at the next turn boundary.
 
-        The provider locks the voice once the model has spoken and rejects the *whole*
-        ``session.update`` that tries to change it, so after the first audio a voice change is
-        dropped with a warning and only the instructions are sent.
+        Instructions go out in a ``session.update`` at once. The provider locks the voice once
+        the model has spoken (``cannot_update_voice`` rejects the whole update), so a later voice
+        change waits for ``response.done`` and then hands the call over to a fresh session with
+        the conversation replayed.
         """
         session: dict[str, Any] = {"type": "realtime"}
         if frame.instructions is not None:
+            self._instructions = frame.instructions
             session["instructions"] = frame.instructions
-        if frame.voice is not None:
-            if self._audio_heard:
-                self._log.warning("openai: voice change to {!r} ignored: the voice is locked once "
-                                  "the model has spoken", frame.voice)
-            else:
-                session["audio"] = {"output": {"voice": frame.voice}}
+        swap = frame.voice is not None and frame.voice != self._voice
+        if swap and not self._audio_heard:
+            self._voice = frame.voice  # type: ignore[assignment]
+            session["audio"] = {"output": {"voice": frame.voice}}
+            swap = False
         if len(session) > 1:
             await self._send_event({"type": "session.update", "session": session})
+        if not swap:
+            return
+        if self._response_id is not None:
+            self._pending_voice = frame.voice
+            self._log.info("{}: voice {!r} will apply after the current response", self.name,
+                           frame.voice)
+        else:
+            self._voice = frame.voice  # type: ignore[assignment]
+            await self._handover(f"voice {frame.voice!r}")
 
     # -- session configuration -------------------------------------------------------------------
 
     def session_config(self) -> dict[str, Any]:
-        """The GA ``session`` object sent in the first ``session.update``."""
+        """The GA ``session`` object sent in each connection's first ``session.update``."""
         audio_input: dict[str, Any] = {
             "format": {"type": PCMU},
-            "turn_detection": dict(TURN_DETECTION),
+            "turn_detection": self.config.turn_detection.wire(),
         }
         if self.transcription_model is not None:
             audio_input["transcription"] = {"model": self.transcription_model}
-        return {
+        session: dict[str, Any] = {
             "type": "realtime",
             "model": self.config.model,
             "output_modalities": ["audio"],
-            "instructions": self.config.system_prompt,
+            "instructions": self._instructions,
             "audio": {
                 "input": audio_input,
-                "output": {"format": {"type": PCMU}, "voice": self.config.voice},
+                "output": {"format": {"type": PCMU}, "voice": self._voice},
             },
         }
+        if self.tools:
+            session["tools"] = self.tools.definitions()
+            session["tool_choice"] = "auto"
+        return session
 
     def _session_url(self) -> tuple[str, str]:
         """Return the URL to dial (``model`` set, other query parameters kept) and a loggable
         ``scheme://host/path`` form without the query."""
-        parts = urlsplit(self.config.url)
+        return self._session_url_for(self.config.url)
+
+    def _session_url_for(self, raw: str) -> tuple[str, str]:
+        parts = urlsplit(raw)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConfigError(f"rt.config.url: expected a ws:// or wss:// URL, not {self.config.url!r}")
+            raise ConfigError(f"rt.config.url: expected a ws:// or wss:// URL, not {raw!r}")
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
         query.append(("model", self.config.model))
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
@@ -323,43 +475,57 @@ class OpenAISession(RealtimeSession):
     # -- model to caller -------------------------------------------------------------------------
 
     async def _read(self, ws: ClientConnection) -> None:
-        """The session's one reader: parse each event once and turn it into frames."""
+        """One connection's reader: parse each event once and turn it into frames."""
         limit = self.config.max_message_bytes
         sink = self.sink
         handlers = self._handlers
+        dropped = self._dropped
+        chars = self._item_chars
         try:
             while True:
                 raw = await ws.recv(decode=False)
                 if len(raw) > limit:
-                    self._log.error("openai: dropped a {}-byte message from the provider "
-                                    "(rt.config.max_message_bytes is {})", len(raw), limit)
+                    self._log.error("{}: dropped a {}-byte message from the provider "
+                                    "(rt.config.max_message_bytes is {})", self.name, len(raw),
+                                    limit)
                     continue
                 try:
                     event = jsonfast.loads(raw)
                     kind = event["type"]
                     if kind == _AUDIO_DELTA:
+                        if dropped and event.get("response_id") in dropped:
+                            continue  # a late delta of a response cancelled by barge-in
+                        delta = event["delta"]
+                        item = event.get("item_id")
+                        chars[item] = chars.get(item, 0) + len(delta)
                         self._audio_heard = True
-                        await sink(AudioFrame(payload=event["delta"], track="outbound",
-                                              item_id=event.get("item_id"), codec="pcmu",
-                                              sample_rate=8000))
+                        await sink(AudioFrame(payload=delta, track="outbound", item_id=item,
+                                              codec="pcmu", sample_rate=8000))
                         continue
                     handler = handlers.get(kind)
                     if handler is not None:
                         await handler(event)
                 except (jsonfast.JSONDecodeError, UnicodeDecodeError) as exc:
-                    self._log.error("openai: dropped a provider message that is not JSON ({}): {!r}",
-                                    exc, raw[:120])
+                    self._log.error("{}: dropped a provider message that is not JSON ({}): {!r}",
+                                    self.name, exc, raw[:120])
                 except (KeyError, TypeError, AttributeError) as exc:
-                    self._log.error("openai: dropped a provider event without a usable field "
-                                    "({}): {!r}", _describe(exc), raw[:200])
-                if self._ended:
+                    self._log.error("{}: dropped a provider event without a usable field "
+                                    "({}): {!r}", self.name, _describe(exc), raw[:200])
+                if self._ended or ws is not self._ws:
                     return
         except ConnectionClosed as exc:
-            if not self._closed:
-                await self._end("provider_closed", f"the provider closed the connection "
-                                                   f"({_close_text(exc)})")
+            if self._closed or ws is not self._ws:
+                return  # we closed it (hang-up or handover)
+            close = exc.rcvd or exc.sent
+            code = close.code if close is not None else 1006
+            why = f"the provider closed the connection ({_close_text(exc)})"
+            if code in RECONNECT_CLOSE_CODES and self.config.reconnect_attempts > 0:
+                self._log.warning("{}: {}; reconnecting", self.name, why)
+                self._spawn(self._reconnect(why), "reconnect")
+            else:
+                await self._end("provider_closed", why)
         except Exception as exc:  # a bug below us (the sink); the call must not hang silently
-            self._log.exception("openai: the session reader failed")
+            self._log.exception("{}: the session reader failed", self.name)
             if not self._closed:
                 await self._end("session_error", f"the session reader failed: {_describe(exc)}")
 
@@ -369,32 +535,79 @@ class OpenAISession(RealtimeSession):
     async def _on_response_done(self, event: dict[str, Any]) -> None:
         response = event["response"]
         self._response_id = None
+        self._dropped.discard(response.get("id") or "")
+        calls = [o for o in response.get("output") or ()
+                 if isinstance(o, dict) and o.get("type") == "function_call"]
         usage = response.get("usage")
-        if not usage:
-            return
-        details_in = usage.get("input_token_details") or {}
-        details_out = usage.get("output_token_details") or {}
-        await self.sink(UsageFrame(
-            provider=self.name,
-            model=self.config.model,
-            response_id=response.get("id"),
-            input_text_tokens=details_in.get("text_tokens") or 0,
-            input_audio_tokens=details_in.get("audio_tokens") or 0,
-            input_cached_tokens=details_in.get("cached_tokens") or 0,
-            output_text_tokens=details_out.get("text_tokens") or 0,
-            output_audio_tokens=details_out.get("audio_tokens") or 0,
-        ))
+        if usage:
+            details_in = usage.get("input_token_details") or {}
+            details_out = usage.get("output_token_details") or {}
+            await self.sink(UsageFrame(
+                provider=self.name,
+                model=self.config.model,
+                response_id=response.get("id"),
+                input_text_tokens=details_in.get("text_tokens") or 0,
+                input_audio_tokens=details_in.get("audio_tokens") or 0,
+                input_cached_tokens=details_in.get("cached_tokens") or 0,
+                output_text_tokens=details_out.get("text_tokens") or 0,
+                output_audio_tokens=details_out.get("audio_tokens") or 0,
+            ))
+        if calls and response.get("status") == "completed":
+            self._spawn(self._run_tools(calls), "tools")
+        if self._pending_voice is not None:
+            self._voice, self._pending_voice = self._pending_voice, None
+            self._spawn(self._handover(f"voice {self._voice!r}"), "handover")
+        elif time.monotonic() - self._opened_at > self.config.session_max_s:
+            self._spawn(self._handover(f"session older than {self.config.session_max_s:g} s"),
+                        "handover")
+
+    async def _run_tools(self, calls: list[dict[str, Any]]) -> None:
+        """Run the model's function calls, send their outputs, then one ``response.create``."""
+        respond = False
+        for call in calls:
+            name, call_id = str(call.get("name", "")), str(call.get("call_id", ""))
+            arguments = str(call.get("arguments") or "")
+            self.history.append({"type": "function_call", "call_id": call_id, "name": name,
+                                 "arguments": arguments})
+            if self.tools is None:
+                from telewire.tools import ToolOutcome
+
+                outcome = ToolOutcome('{"error": "no tools are configured"}')
+            else:
+                outcome = await self.tools.run(name, arguments)
+            self._log.info("{}: tool {}({}) -> {}", self.name, name, arguments[:200],
+                           outcome.output[:200])
+            item = {"type": "function_call_output", "call_id": call_id, "output": outcome.output}
+            self.history.append(item)
+            await self._send_event({"type": "conversation.item.create", "item": item})
+            respond = respond or outcome.respond
+        if respond and not self._ended:
+            await self._send_event({"type": "response.create"})
 
     async def _on_speech_started(self, event: dict[str, Any]) -> None:
+        if self._response_id is not None and self.config.turn_detection.interrupt_response:
+            self._dropped.add(self._response_id)
         await self.sink(InterruptFrame(source="model", reason="speech_started"))
 
     async def _on_caller_transcript(self, event: dict[str, Any]) -> None:
-        await self.sink(TranscriptFrame(role="caller", text=event["transcript"],
-                                        item_id=event.get("item_id")))
+        text = event["transcript"]
+        if text:
+            self.history.append(_message("user", text))
+        await self.sink(TranscriptFrame(role="caller", text=text, item_id=event.get("item_id")))
 
     async def _on_agent_transcript(self, event: dict[str, Any]) -> None:
-        await self.sink(TranscriptFrame(role="agent", text=event["transcript"],
-                                        item_id=event.get("item_id")))
+        text = event["transcript"]
+        item = event.get("item_id")
+        heard_ms = self._agent_items.get(item) if item else None
+        if heard_ms is not None and item in self._item_chars:
+            # The provider cut its own copy at the truncation; keep the part the caller heard.
+            sent_ms = self._item_chars[item] * 3 // 4 / 8.0
+            if sent_ms > 0:
+                words = text.split()
+                text = " ".join(words[: round(len(words) * min(1.0, heard_ms / sent_ms))])
+        if text:
+            self.history.append(_message("assistant", text))
+        await self.sink(TranscriptFrame(role="agent", text=event["transcript"], item_id=item))
 
     async def _on_session_updated(self, event: dict[str, Any]) -> None:
         audio = event["session"].get("audio") or {}
@@ -411,38 +624,29 @@ class OpenAISession(RealtimeSession):
         code, message = _error_fields(event)
         if event["error"].get("event_id") == _SETUP_EVENT_ID:
             await self._fail(f"the provider refused the session set-up: {code}: {message}")
-        elif code in FATAL_ERROR_CODES:
-            self._log.error("openai: fatal provider error {}: {}", code, message)
+        elif code in _REPLAYABLE_ERROR_CODES and self.config.reconnect_attempts > 0:
+            self._log.warning("{}: {}: {}; moving to a fresh session", self.name, code, message)
+            self._spawn(self._handover(code), "handover")
+        elif code in FATAL_ERROR_CODES or code in _REPLAYABLE_ERROR_CODES:
+            self._log.error("{}: fatal provider error {}: {}", self.name, code, message)
             await self._end("provider_error", f"{code}: {message}")
         elif code in BENIGN_ERROR_CODES:
-            self._log.debug("openai: provider error {}: {}", code, message)
+            self._log.debug("{}: provider error {}: {}", self.name, code, message)
         else:
-            self._log.warning("openai: provider error {}: {} (param {})", code, message,
+            self._log.warning("{}: provider error {}: {} (param {})", self.name, code, message,
                               event["error"].get("param"))
 
     # -- internals -------------------------------------------------------------------------------
-
-    async def _cancel_response(self, response_id: str) -> None:
-        """Send ``response.cancel`` for the response being spoken.
-
-        Barge-in also has to truncate the assistant item at the carrier's playout position
-        (``conversation.item.truncate``) so unheard text leaves the context; that needs the
-        playout position from the carrier's marks and is added next to this cancel.
-        """
-        event: dict[str, Any] = {"type": "response.cancel"}
-        if response_id:
-            event["response_id"] = response_id
-        await self._send_event(event)
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         try:
             await self._send(jsonfast.dumps(event))
         except ConnectionClosed:
-            self._log.debug("openai: {} not sent, the connection is closed", event["type"])
+            self._log.debug("{}: {} not sent, the connection is closed", self.name, event["type"])
 
     async def _fail(self, detail: str) -> None:
         """A fatal protocol problem: report it loudly and end the session."""
-        self._log.error("openai: {}", detail)
+        self._log.error("{}: {}", self.name, detail)
         await self.sink(ErrorFrame(source=self.name, message=detail, fatal=True))
         await self._end("provider_error", detail)
 
@@ -455,6 +659,43 @@ class OpenAISession(RealtimeSession):
         await self.sink(EndFrame(reason=reason, detail=detail))
         if self._ws is not None:
             await self._ws.close()
+
+
+class AzureSession(OpenAISession):
+    """Azure OpenAI's GA realtime endpoint: same protocol, ``api-key`` header.
+
+    ``rt.config.url`` is the resource's ``https://RESOURCE.openai.azure.com/openai/v1/realtime``
+    (``wss://`` is used), ``rt.config.model`` the deployment name, and the key comes from
+    ``rt.config.api_key`` or ``AZURE_OPENAI_API_KEY``.
+    """
+
+    name = "azure"
+
+    def _session_url(self) -> tuple[str, str]:
+        if urlsplit(self.config.url).hostname == "api.openai.com":
+            raise ConfigError("rt.config.url: the azure provider needs your resource's endpoint, "
+                              "e.g. wss://RESOURCE.openai.azure.com/openai/v1/realtime")
+        url = self.config.url
+        if url.startswith("https://"):
+            url = "wss://" + url[len("https://"):]
+        return super()._session_url_for(url)
+
+    def _auth_headers(self) -> dict[str, str]:
+        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
+        key = key or os.environ.get("AZURE_OPENAI_API_KEY", "")
+        if not key:
+            if urlsplit(self.config.url).hostname in _LOOPBACK_HOSTS:
+                key = _PLACEHOLDER_KEY
+            else:
+                raise ConfigError("rt.config.api_key is not set and AZURE_OPENAI_API_KEY is not "
+                                  f"in the environment; {self._where()} needs an API key")
+        return {"api-key": key}
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    """A replayable conversation message item."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
 
 
 def _error_fields(event: dict[str, Any]) -> tuple[str, str]:

@@ -50,6 +50,9 @@ class CallResult:
     marks_received: list[str] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     clears: int = 0
+    #: For each clear: agent audio bytes played before it (all audio received so far minus what
+    #: was still queued on the simulated playout clock).
+    played_at_clear: list[int] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     close_code: int | None = None
@@ -222,6 +225,8 @@ class CallSimulator:
     async def _read(self, ws: Any, result: CallResult, sent_at: dict[str, deque[float]]) -> None:
         loop = asyncio.get_running_loop()
         playout_end = 0.0
+        received_bytes = 0
+        rate = BYTES_PER_MS * 1000.0 * max(self.playout_rate, 1e-6)  # bytes played per second
         pending: list[tuple[str, asyncio.TimerHandle]] = []
 
         async def echo_mark(name: str) -> None:
@@ -252,8 +257,9 @@ class CallSimulator:
                     q = sent_at.get(payload)
                     if q:
                         result.latencies_ms.append((now - q.popleft()) * 1000.0)
-                    dur = len(payload) * 3 / 4 / BYTES_PER_MS / 1000.0 / max(self.playout_rate, 1e-6)
-                    playout_end = max(playout_end, now) + dur
+                    nbytes = len(payload) * 3 // 4 - payload[-2:].count("=")
+                    received_bytes += nbytes
+                    playout_end = max(playout_end, now) + nbytes / rate
                 elif event == "mark":
                     name = msg["mark"]["name"]
                     result.marks_received.append(name)
@@ -261,6 +267,8 @@ class CallSimulator:
                     pending.append((name, handle))
                 elif event == "clear":
                     result.clears += 1
+                    queued = max(0.0, playout_end - now) * rate
+                    result.played_at_clear.append(int(received_bytes - queued))
                     playout_end = now
                     for name, handle in list(pending):
                         handle.cancel()

@@ -59,6 +59,13 @@ def telewire_carrier_capabilities() -> Capabilities:
 
 
 @hookimpl
+def telewire_hangup(call: CallContext, reason: str) -> str | bytes | None:
+    """Closing the media socket ends a ``<Connect><Stream>`` call when no TwiML follows it (our
+    answer document has none), so there is nothing to send first."""
+    return None
+
+
+@hookimpl
 def telewire_envelope_presets() -> Mapping[str, Path]:
     """Twilio's Media Streams envelope as preset ``twilio``, for Twilio-compatible bridges."""
     return {"twilio": Path(__file__).with_name("envelope.toml")}
