@@ -8,11 +8,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench install clean
 
-$(STAMP): pyproject.toml plugins/twilio/pyproject.toml plugins/bandwidth/pyproject.toml
+$(STAMP): pyproject.toml plugins/twilio/pyproject.toml plugins/bandwidth/pyproject.toml plugins/sip_bridge/pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("telewire needs Python >= 3.11, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,uvloop]' -e plugins/twilio -e plugins/bandwidth
+	$(PY) -m pip install --quiet -e '.[dev,uvloop]' -e plugins/twilio -e plugins/bandwidth -e plugins/sip_bridge
 	touch $(STAMP)
 
 install: $(STAMP)

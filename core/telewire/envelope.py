@@ -1,29 +1,39 @@
-"""envelope_spec: a declarative description of a carrier's JSON envelopes, compiled once.
+"""envelope_spec: a declarative description of carrier envelopes (JSON, binary audio), compiled once.
 
-Depends on ``telewire.frames``, ``telewire.carrier`` and ``telewire.errors`` (pydantic validates
-the spec at load time; the compiled form uses no pydantic).
+Depends on ``telewire.frames``, ``telewire.carrier``, ``telewire.g711`` and ``telewire.errors``
+(pydantic validates the spec at load time; the compiled form uses no pydantic).
 
-An :class:`EnvelopeSpec` says where each inbound event keeps its fields (dotted paths); a
-:class:`ResponseEnvelopeSpec` gives string templates for outbound media, mark and clear, with
-``${name}`` placeholders. :func:`compile_envelope` turns both into a :class:`CompiledEnvelope`
-whose ``parse`` does one JSON parse per message and whose ``media`` is two string concatenations
-per frame (call-level fields are rendered once per call).
+An :class:`EnvelopeSpec` says where each inbound event keeps its fields (dotted paths) and, for
+bridges that stream audio in binary WebSocket messages (Asterisk chan_websocket, jambonz,
+FreeSWITCH), which codec those carry (``binary_media``). A :class:`ResponseEnvelopeSpec` gives
+string templates for outbound media, mark and clear, with ``${name}`` placeholders, or says that
+outbound audio goes as binary messages (``media_format = "binary"``). :func:`compile_envelope`
+turns both into a :class:`CompiledEnvelope` whose ``parse`` does one JSON parse per text message
+and none per binary message, and whose ``media`` is two string concatenations per frame (call-level
+fields are rendered once per call) or the audio bytes themselves.
+
+mu-law on the wire passes through untouched. A bridge that carries L16 (16-bit little-endian PCM)
+at 8 kHz is converted at this edge with :mod:`telewire.g711`: caller L16 becomes mu-law frames
+for the graph, agent mu-law becomes L16 for the bridge. L16 at any other rate is refused (at
+load time when the spec fixes the rate, at the start event when the bridge announces it):
+telewire never resamples.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from telewire import jsonfast
-from telewire.carrier import CallContext
+from telewire.carrier import CallContext, Capabilities
 from telewire.errors import CarrierProtocolError, ConfigError
 from telewire.frames import (
     AudioFrame,
@@ -34,8 +44,10 @@ from telewire.frames import (
     MediaFormat,
     StartFrame,
 )
+from telewire.g711 import ulaw_decode, ulaw_encode
 
 __all__ = [
+    "BinaryMedia",
     "CompiledEnvelope",
     "EnvelopeSpec",
     "ResponseEnvelopeSpec",
@@ -44,6 +56,9 @@ __all__ = [
 ]
 
 EventKind = Literal["start", "media", "dtmf", "mark", "stop", "ignore"]
+Codec = Literal["pcmu", "pcma", "l16"]
+#: The only rate at which L16 is accepted: telewire converts L16 to mu-law but never resamples.
+L16_RATE = 8000
 _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
 _PLACEHOLDER_RE = re.compile(r"\$\{([a-z_]+)\}")
 _B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -112,75 +127,167 @@ class StopFields(_Strict):
     _paths = field_validator("*")(classmethod(lambda cls, v: _check_path(v)))
 
 
-class EnvelopeSpec(_Strict):
-    """How to read a carrier's inbound JSON messages.
+class BinaryMedia(_Strict):
+    """Binary WebSocket messages are raw audio: what they carry when the start event says nothing.
 
     Attributes:
-        format: only ``"json"`` for now.
-        event: dotted path of the field naming the event type (``"event"``, ``"eventType"``).
+        codec: ``"pcmu"`` (G.711 mu-law, passed through untouched) or ``"l16"`` (16-bit
+            little-endian PCM, converted to and from mu-law at this edge).
+        sample_rate: samples per second; must be 8000 (telewire never resamples).
+    """
+
+    codec: Literal["pcmu", "l16"] = "pcmu"
+    sample_rate: int = L16_RATE
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _never_resample(cls, v: int) -> int:
+        if v != L16_RATE:
+            raise ValueError(f"must be {L16_RATE}, not {v!r}: telewire converts L16 to mu-law "
+                             "but never resamples; configure the bridge for 8000 Hz")
+        return v
+
+
+class EnvelopeSpec(_Strict):
+    """How to read a carrier's inbound messages.
+
+    Attributes:
+        format: how text messages are encoded; only ``"json"`` for now.
+        event: dotted path of the field naming the event type (``"event"``, ``"eventType"``),
+            or a list of paths tried in order (jambonz: ``["event", "type"]``).
+        default_event: the wire event name of a JSON message that has none of the ``event``
+            fields (jambonz's first message, call metadata with no event field, is the start);
+            must be a key of ``events``. Unset: such a message is an error naming the field.
         events: wire event name to kind (``start``, ``media``, ``dtmf``, ``mark``, ``stop`` or
             ``ignore``). An event not listed is an error naming it.
-        start / media / dtmf / mark / stop: field paths per kind.
-        encodings: wire encoding name to codec (``"audio/x-mulaw" = "pcmu"``).
-        default_encoding / default_sample_rate: used when the start event names none.
+        binary_media: binary WebSocket messages are audio in this codec (no parse at all);
+            unset: the bridge sends only text, and a binary message is refused.
+        start / media / dtmf / mark / stop: field paths per kind (``media`` only when some wire
+            event carries audio inside JSON).
+        start_expect: dotted path to the value the start event must have when it has that field
+            (``{"mixType" = "mono"}``); another value ends the call with an error naming both.
+        encodings: wire encoding name to codec (``"audio/x-mulaw" = "pcmu"``, ``"slin" = "l16"``).
+        default_encoding / default_sample_rate: used when the start event names none (for
+            binary bridges ``binary_media`` gives them instead).
+        subprotocol: the WebSocket subprotocol the bridge requests (``"audio.jambonz.org"``), for
+            the server to accept.
     """
 
     format: Literal["json"] = "json"
-    event: str = "event"
+    event: str | list[str] = "event"
+    default_event: str | None = None
     events: dict[str, EventKind]
+    binary_media: BinaryMedia | None = None
     start: StartFields
-    media: MediaFields
+    media: MediaFields | None = None
     dtmf: DigitFields | None = None
     mark: MarkFields | None = None
     stop: StopFields = Field(default_factory=StopFields)
-    encodings: dict[str, Literal["pcmu", "pcma", "l16"]] = Field(
+    start_expect: dict[str, str | int | bool] = Field(default_factory=dict)
+    encodings: dict[str, Codec] = Field(
         default_factory=lambda: {"audio/x-mulaw": "pcmu", "audio/pcmu": "pcmu", "pcmu": "pcmu"}
     )
-    default_encoding: Literal["pcmu", "pcma", "l16"] = "pcmu"
+    default_encoding: Codec = "pcmu"
     default_sample_rate: int = Field(default=8000, gt=0)
+    subprotocol: str | None = None
 
     @field_validator("event")
     @classmethod
-    def _event_path(cls, v: str) -> str:
+    def _event_path(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must name at least one field path")
+            for path in v:
+                _check_path(path)
+            return v
         return _check_path(v)  # type: ignore[return-value]
+
+    @field_validator("start_expect")
+    @classmethod
+    def _expect_paths(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for path in v:
+            _check_path(path)
+        return v
 
     @model_validator(mode="after")
     def _kinds_have_fields(self) -> "EnvelopeSpec":
         kinds = set(self.events.values())
-        for needed in ("start", "media"):
-            if needed not in kinds:
-                raise ValueError(f"events must map some wire event to {needed!r}")
+        if "start" not in kinds:
+            raise ValueError("events must map some wire event to 'start'")
+        if "media" not in kinds and self.binary_media is None:
+            raise ValueError("events must map some wire event to 'media' (or set binary_media "
+                             "for a bridge that sends audio in binary messages)")
+        if "media" in kinds and self.media is None:
+            raise ValueError("events maps a wire event to 'media' but there is no [media] table")
         if "dtmf" in kinds and self.dtmf is None:
             raise ValueError("events maps a wire event to 'dtmf' but there is no [dtmf] table")
         if "mark" in kinds and self.mark is None:
             raise ValueError("events maps a wire event to 'mark' but there is no [mark] table")
+        if self.default_event is not None and self.default_event not in self.events:
+            raise ValueError(f"default_event {self.default_event!r} is not a key of events "
+                             f"({', '.join(sorted(self.events))})")
+        if self.binary_media is not None:
+            both = {"default_encoding", "default_sample_rate"} & self.model_fields_set
+            if both:
+                raise ValueError(f"set binary_media.codec/sample_rate or {sorted(both)[0]}, not "
+                                 "both: binary_media gives the default wire format")
+        elif self.default_encoding == "l16" and self.default_sample_rate != L16_RATE:
+            raise ValueError(f"default_sample_rate {self.default_sample_rate} with "
+                             f"default_encoding 'l16': telewire converts L16 to mu-law only at "
+                             f"{L16_RATE} Hz and never resamples")
         return self
+
+    def wire_default(self) -> tuple[str, int]:
+        """The wire codec and rate assumed when the start event names none."""
+        if self.binary_media is not None:
+            return self.binary_media.codec, self.binary_media.sample_rate
+        return self.default_encoding, self.default_sample_rate
 
 
 _TEMPLATE_FIELDS = {
     "media": ("stream_id", "call_id", "payload"),
     "mark": ("stream_id", "call_id", "name"),
     "clear": ("stream_id", "call_id"),
+    "hangup": ("stream_id", "call_id"),
 }
 
 
 class ResponseEnvelopeSpec(_Strict):
-    """How to write a carrier's outbound JSON messages, as templates with ``${name}`` fields.
+    """How to write a carrier's outbound messages: audio, and JSON templates with ``${name}``s.
 
-    ``media`` may use ``${stream_id}``, ``${call_id}``, ``${payload}``; ``mark`` may use
-    ``${stream_id}``, ``${call_id}``, ``${name}``; ``clear`` may use ``${stream_id}`` and
-    ``${call_id}``. Placeholders must sit inside JSON strings. ``mark``/``clear`` left out mean
-    the carrier has none.
+    ``media`` may use ``${stream_id}``, ``${call_id}``, ``${payload}`` (base64 audio); ``mark``
+    may use ``${stream_id}``, ``${call_id}``, ``${name}``; ``clear`` may use ``${stream_id}`` and
+    ``${call_id}``, and so may ``hangup``. Placeholders must sit inside JSON strings.
+    ``mark``/``clear``/``hangup`` left out mean the carrier has none (for ``hangup``: closing the
+    socket is the hang-up).
+
+    Attributes:
+        format: how text messages are encoded; only ``"json"`` for now.
+        media_format: ``"json"``: agent audio goes base64 in the ``media`` template (text
+            messages); ``"binary"``: as raw audio bytes in binary messages (no ``media``
+            template). Marks and clear are always text messages.
+        codec: the audio codec the bridge plays: ``"pcmu"`` or ``"l16"`` (8 kHz, converted from
+            the agent's mu-law). Unset: the codec the call's inbound audio arrived in.
+        media / mark / clear / hangup: the templates.
     """
 
     format: Literal["json"] = "json"
-    media: str
+    media_format: Literal["json", "binary"] = "json"
+    codec: Literal["pcmu", "l16"] | None = None
+    media: str | None = None
     mark: str | None = None
     clear: str | None = None
+    hangup: str | None = None
 
     @model_validator(mode="after")
     def _templates_are_json(self) -> "ResponseEnvelopeSpec":
-        for name in ("media", "mark", "clear"):
+        if self.media_format == "json" and self.media is None:
+            raise ValueError("media: a template is required when media_format is 'json' "
+                             "(or set media_format = 'binary')")
+        if self.media_format == "binary" and self.media is not None:
+            raise ValueError("media: no template with media_format 'binary' (audio goes as raw "
+                             f"bytes in binary messages), got {self.media!r}")
+        for name in ("media", "mark", "clear", "hangup"):
             template = getattr(self, name)
             if template is not None:
                 _Template(name, template)  # raises ValueError naming the template and field
@@ -280,164 +387,235 @@ def _as_int(value: Any) -> int:
     raise ValueError
 
 
-@dataclass(frozen=True, slots=True)
-class _Fields:
-    """Compiled accessor tuples for one event kind (absent optional fields are ``None``)."""
-
-    paths: Mapping[str, tuple[str, ...] | None]
+_WIRE = "_envelope_wire"  # call.state key: the call's inbound wire codec, set by the start event
+_OUT = "_envelope_media"  # call.state key: the call's bound outbound media form
 
 
 class CompiledEnvelope:
     """An envelope spec pair compiled into accessors and templates. Immutable, shared by calls.
 
-    ``parse`` is the body of a carrier's ``telewire_parse_inbound`` hook; ``media``, ``mark``
-    and ``clear`` are the bodies of the outbound hooks.
+    ``parse`` is the body of a carrier's ``telewire_parse_inbound`` hook; ``media``, ``mark``,
+    ``clear`` and ``hangup`` are the bodies of the outbound hooks. Errors and start frames name
+    the call's carrier (``call.carrier``); ``carrier`` here is the label the spec was compiled under (a
+    preset name), used when the call has none.
     """
 
     def __init__(self, carrier: str, spec: EnvelopeSpec, response: ResponseEnvelopeSpec) -> None:
         self.carrier = carrier
         self.spec = spec
         self.response = response
-        self._event = _accessor(spec.event)
-        self._event_path = spec.event
+        paths = [spec.event] if isinstance(spec.event, str) else list(spec.event)
+        self._event = _accessor(paths[0])
+        self._event_path = paths[0]
+        self._more_events = tuple((_accessor(p), p) for p in paths[1:])
+        self._default_event = spec.default_event
         self._events = dict(spec.events)
+        self._binary = spec.binary_media
         self._start = {k: _accessor(v) for k, v in spec.start.model_dump().items() if v}
+        self._expect = tuple((_accessor(p), p, v) for p, v in spec.start_expect.items())
         m = spec.media
-        self._payload = _accessor(m.payload)
-        self._payload_path = m.payload
-        self._ts = _accessor(m.timestamp) if m.timestamp else None
-        self._seq = _accessor(m.sequence) if m.sequence else None
-        self._track = _accessor(m.track) if m.track else None
-        self._media_sid = _accessor(m.stream_id) if m.stream_id else None
+        self._payload = _accessor(m.payload) if m else ()
+        self._payload_path = m.payload if m else ""
+        self._ts = _accessor(m.timestamp) if m and m.timestamp else None
+        self._seq = _accessor(m.sequence) if m and m.sequence else None
+        self._track = _accessor(m.track) if m and m.track else None
+        self._media_sid = _accessor(m.stream_id) if m and m.stream_id else None
         self._digit = _accessor(spec.dtmf.digit) if spec.dtmf else None
         self._duration = _accessor(spec.dtmf.duration) if spec.dtmf and spec.dtmf.duration else None
         self._mark = _accessor(spec.mark.name) if spec.mark else None
         self._stop_reason = _accessor(spec.stop.reason) if spec.stop.reason else None
-        self._media_t = _Template("media", response.media)
+        self._media_t = _Template("media", response.media) if response.media else None
         self._mark_t = _Template("mark", response.mark) if response.mark else None
         self._clear_t = _Template("clear", response.clear) if response.clear else None
+        self._hangup_t = _Template("hangup", response.hangup) if response.hangup else None
+        self._wire_default = spec.wire_default()[0]
         self.has_marks = self._mark_t is not None and self._mark is not None
         self.has_clear = self._clear_t is not None
         self.has_dtmf = self._digit is not None
+        #: Whether audio travels in binary WebSocket messages in either direction.
+        self.binary = self._binary is not None or response.media_format == "binary"
+
+    def capabilities(self, base: Capabilities) -> Capabilities:
+        """``base`` narrowed to what this envelope can express: no marks, clear or DTMF where the
+        spec has none, binary frames exactly when audio travels in them, and mu-law 8 kHz on
+        the graph side (L16 is converted at this edge)."""
+        return replace(
+            base,
+            clear=base.clear and self.has_clear,
+            marks=base.marks and self.has_marks,
+            dtmf=base.dtmf and self.has_dtmf,
+            text_frames_only=not self.binary,
+            media_format=MediaFormat(codec="pcmu", sample_rate=L16_RATE, channels=1),
+        )
 
     # ----------------------------------------------------------------------------- inbound
 
-    def _error(self, msg: str, *, event: str | None = None, field: str | None = None,
-               fatal: bool = False) -> CarrierProtocolError:
+    def _error(self, call: CallContext, msg: str, *, event: str | None = None,
+               field: str | None = None, fatal: bool = False) -> CarrierProtocolError:
+        carrier = call.carrier or self.carrier
         where = f" in {event!r} event" if event else ""
         return CarrierProtocolError(
-            f"{self.carrier}: {msg}{where}", carrier=self.carrier, event=event, field=field,
-            fatal=fatal,
+            f"{carrier}: {msg}{where}", carrier=carrier, event=event, field=field, fatal=fatal,
         )
 
     def parse(self, call: CallContext, message: str | bytes) -> list[Frame]:
-        """Parse one inbound message. See ``telewire_parse_inbound`` for the contract."""
+        """Parse one inbound message. See ``telewire_parse_inbound`` for the contract.
+
+        A binary message, when the spec has ``binary_media``, is audio: mu-law becomes an
+        :class:`AudioFrame` whose payload is the very bytes object received; L16 is converted
+        to mu-law first. Without ``binary_media`` a binary message is refused (not fatally).
+        """
+        if type(message) is not str:
+            if self._binary is not None:
+                return [self._parse_binary(call, message)]
+            raise self._error(call, f"binary WebSocket message ({len(message)} bytes) refused: "
+                              "this envelope spec has no binary_media, so the bridge sends "
+                              "only JSON text messages")
         try:
             doc = jsonfast.loads(message)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             snippet = message[:60] if isinstance(message, str) else repr(message[:60])
-            raise self._error(f"message is not JSON ({exc}); starts with {snippet!r}") from None
+            raise self._error(call, f"message is not JSON ({exc}); starts with "
+                              f"{snippet!r}") from None
         if type(doc) is not dict:
-            raise self._error(f"message is a JSON {type(doc).__name__}, not an object")
+            raise self._error(call, f"message is a JSON {type(doc).__name__}, not an object")
         event = _get(doc, self._event)
+        path = self._event_path
         if event is _MISSING:
-            raise self._error(f"message has no {self._event_path!r} field", field=self._event_path)
+            event, path = self._other_event(call, doc)
         kind = self._events.get(event) if isinstance(event, str) else None
         if kind == "media":
             return [self._parse_media(call, doc, event)]
         if kind is None:
             known = ", ".join(sorted(self._events))
-            raise self._error(
-                f"unknown event {event!r} (field {self._event_path!r}); known: {known}",
-                field=self._event_path,
-            )
+            raise self._error(call, f"unknown event {event!r} (field {path!r}); known: {known}",
+                              field=path)
         if kind == "ignore":
             return []
         if kind == "start":
             return [self._parse_start(call, doc, event)]
         if not call.started:
-            raise self._error("received before the start event", event=event)
+            raise self._error(call, "received before the start event", event=event)
         if kind == "dtmf":
-            digit = self._need(doc, self._digit, event, "digit")
+            digit = self._need(call, doc, self._digit, event, "digit")
             dur = None
             if self._duration is not None:
                 raw = _get(doc, self._duration)
                 if raw is not _MISSING and raw is not None:
-                    dur = self._int(raw, event, ".".join(self._duration))
+                    dur = self._int(call, raw, event, ".".join(self._duration))
             try:
                 return [DTMFFrame(digit=str(digit), duration_ms=dur)]
             except ValueError as exc:
-                path = ".".join(self._digit)
-                raise self._error(f"{exc} (field {path!r})", event=event, field=path) from None
+                path = ".".join(self._digit)  # type: ignore[arg-type]
+                raise self._error(call, f"{exc} (field {path!r})", event=event,
+                                  field=path) from None
         if kind == "mark":
-            name = self._need(doc, self._mark, event, "name")
+            name = self._need(call, doc, self._mark, event, "name")
             if not isinstance(name, str) or not name:
-                raise self._error(f"mark name must be a non-empty string, not {name!r} "
-                                  f"(field {'.'.join(self._mark)!r})",
-                                  event=event, field=".".join(self._mark))
+                path = ".".join(self._mark)  # type: ignore[arg-type]
+                raise self._error(call, f"mark name must be a non-empty string, not {name!r} "
+                                  f"(field {path!r})", event=event, field=path)
             return [MarkFrame(name=name)]
         # stop
-        reason = "carrier_stop"
         detail = ""
         if self._stop_reason is not None:
             raw = _get(doc, self._stop_reason)
             if isinstance(raw, str) and raw:
                 detail = raw
         call.stopped = True
-        return [EndFrame(reason=reason, detail=detail)]
+        return [EndFrame(reason="carrier_stop", detail=detail)]
 
-    def _need(self, doc: dict, keys: tuple[str, ...] | None, event: str, what: str) -> Any:
+    def _other_event(self, call: CallContext, doc: dict) -> tuple[Any, str]:
+        """The event of a message without the first event field: a later path, else the
+        default event, else an error naming the field."""
+        for keys, path in self._more_events:
+            event = _get(doc, keys)
+            if event is not _MISSING:
+                return event, path
+        if self._default_event is not None:
+            return self._default_event, self._event_path
+        paths = (self._event_path, *(p for _, p in self._more_events))
+        fields = " or ".join(repr(p) for p in paths)
+        raise self._error(call, f"message has no {fields} field", field=self._event_path)
+
+    def _parse_binary(self, call: CallContext, message: bytes) -> AudioFrame:
+        if not call.started:
+            raise self._error(call, f"binary media ({len(message)} bytes) received before the "
+                              "start event")
+        wire = call.state.get(_WIRE, self._wire_default)
+        if wire == "l16":
+            return AudioFrame(payload=self._from_l16(call, message, "binary media"),
+                              codec="pcmu", sample_rate=8000)
+        if not message:
+            raise self._error(call, "empty binary media message (no audio)")
+        return AudioFrame(payload=message, codec=wire, sample_rate=8000)
+
+    def _from_l16(self, call: CallContext, pcm: bytes, what: str, event: str | None = None,
+                  field: str | None = None) -> bytes:
+        if not pcm or len(pcm) % 2:
+            raise self._error(call, f"{what} is not 16-bit L16 audio: {len(pcm)} bytes "
+                              f"({'empty' if not pcm else 'odd length'})", event=event,
+                              field=field)
+        return ulaw_encode(pcm)
+
+    def _need(self, call: CallContext, doc: dict, keys: tuple[str, ...] | None, event: str,
+              what: str) -> Any:
         assert keys is not None
         value = _get(doc, keys)
         if value is _MISSING:
             path = ".".join(keys)
-            raise self._error(f"missing field {path!r} ({what})", event=event, field=path)
+            raise self._error(call, f"missing field {path!r} ({what})", event=event, field=path)
         return value
 
-    def _int(self, raw: Any, event: str, path: str) -> int:
+    def _int(self, call: CallContext, raw: Any, event: str, path: str, *,
+             fatal: bool = False) -> int:
         try:
             return _as_int(raw)
         except ValueError:
-            raise self._error(f"field {path!r} must be a whole number, not {raw!r}",
-                              event=event, field=path) from None
+            raise self._error(call, f"field {path!r} must be a whole number, not {raw!r}",
+                              event=event, field=path, fatal=fatal) from None
 
     def _parse_media(self, call: CallContext, doc: dict, event: str) -> AudioFrame:
         if not call.started:
-            raise self._error("media received before the start event", event=event)
+            raise self._error(call, "media received before the start event", event=event)
         payload = _get(doc, self._payload)
         if type(payload) is not str:
             if payload is _MISSING:
-                raise self._error(f"missing field {self._payload_path!r}", event=event,
+                raise self._error(call, f"missing field {self._payload_path!r}", event=event,
                                   field=self._payload_path)
-            raise self._error(f"field {self._payload_path!r} must be a base64 string, not "
-                              f"{type(payload).__name__}", event=event, field=self._payload_path)
+            raise self._error(call, f"field {self._payload_path!r} must be a base64 string, "
+                              f"not {type(payload).__name__}", event=event,
+                              field=self._payload_path)
         if len(payload) % 4 or not _B64_RE.fullmatch(payload):
-            raise self._error(f"field {self._payload_path!r} is not valid base64 "
+            raise self._error(call, f"field {self._payload_path!r} is not valid base64 "
                               f"(length {len(payload)}, starts {payload[:16]!r})",
                               event=event, field=self._payload_path)
         if self._media_sid is not None:
             sid = _get(doc, self._media_sid)
             if sid is not _MISSING and sid != call.stream_id:
-                raise self._error(f"stream id {sid!r} does not match this call's "
-                                  f"{call.stream_id!r} (field {'.'.join(self._media_sid)!r})",
-                                  event=event,
-                                  field=".".join(self._media_sid))
+                path = ".".join(self._media_sid)
+                raise self._error(call, f"stream id {sid!r} does not match this call's "
+                                  f"{call.stream_id!r} (field {path!r})", event=event, field=path)
         ts = seq = None
         if self._ts is not None:
             raw = _get(doc, self._ts)
             if raw is not _MISSING:
-                ts = self._int(raw, event, ".".join(self._ts))
+                ts = self._int(call, raw, event, ".".join(self._ts))
         if self._seq is not None:
             raw = _get(doc, self._seq)
             if raw is not _MISSING:
-                seq = self._int(raw, event, ".".join(self._seq))
+                seq = self._int(call, raw, event, ".".join(self._seq))
         track = "inbound"
         if self._track is not None:
             raw = _get(doc, self._track)
             if isinstance(raw, str) and raw.startswith("outbound"):
                 track = "outbound"
         fmt = call.media_format
-        return AudioFrame(payload=payload, codec=fmt.codec, sample_rate=fmt.sample_rate,
+        audio: str | bytes = payload
+        if call.state.get(_WIRE) == "l16":
+            audio = self._from_l16(call, binascii.a2b_base64(payload), f"field "
+                                   f"{self._payload_path!r}", event, self._payload_path)
+        return AudioFrame(payload=audio, codec=fmt.codec, sample_rate=fmt.sample_rate,
                           timestamp_ms=ts, sequence=seq, track=track)
 
     def _parse_start(self, call: CallContext, doc: dict, event: str) -> StartFrame:
@@ -449,40 +627,65 @@ class CompiledEnvelope:
         sid = values.get("stream_id")
         if not isinstance(sid, str) or not sid:
             path = ".".join(self._start["stream_id"])
-            raise self._error(f"missing or empty field {path!r} (stream id)", event=event,
-                              field=path, fatal=not call.started)
+            problem = (f"missing or empty field {path!r}" if sid is None or sid == ""
+                       else f"field {path!r} must be a non-empty string, not {sid!r}")
+            raise self._error(call, f"{problem} (stream id)", event=event, field=path,
+                              fatal=not call.started)
         if call.started:
-            raise self._error(f"second start event (stream {sid!r}) ignored; this call is "
+            raise self._error(call, f"second start event (stream {sid!r}) ignored; this call is "
                               f"{call.stream_id!r}", event=event, fatal=sid != call.stream_id)
         for name in ("call_id", "account_id"):
             if name in values and not isinstance(values[name], str):
                 path = ".".join(self._start[name])
-                raise self._error(f"field {path!r} must be a string, not {values[name]!r}",
+                raise self._error(call, f"field {path!r} must be a string, not {values[name]!r}",
                                   event=event, field=path, fatal=True)
         params = values.get("custom_parameters", {})
         if not isinstance(params, dict):
             path = ".".join(self._start["custom_parameters"])
-            raise self._error(f"field {path!r} must be an object, not {params!r}", event=event,
-                              field=path, fatal=True)
-        codec = self.spec.default_encoding
+            raise self._error(call, f"field {path!r} must be an object, not {params!r}",
+                              event=event, field=path, fatal=True)
+        for keys, path, expected in self._expect:
+            v = _get(doc, keys)
+            if v is not _MISSING and v != expected:
+                raise self._error(call, f"field {path!r} is {v!r}; this envelope spec needs "
+                                  f"{expected!r} (start_expect)", event=event, field=path,
+                                  fatal=True)
+        codec, rate = self.spec.wire_default()
         if "encoding" in values:
             enc = values["encoding"]
-            codec = self.spec.encodings.get(enc) if isinstance(enc, str) else None
-            if codec is None:
+            found = self.spec.encodings.get(enc) if isinstance(enc, str) else None
+            if found is None:
                 path = ".".join(self._start["encoding"])
-                raise self._error(f"unsupported encoding {enc!r} in {path!r}; supported: "
+                raise self._error(call, f"unsupported encoding {enc!r} in {path!r}; supported: "
                                   f"{sorted(self.spec.encodings)}", event=event, field=path,
                                   fatal=True)
-        rate = self.spec.default_sample_rate
+            codec = found
         if "sample_rate" in values:
-            rate = self._int(values["sample_rate"], event, ".".join(self._start["sample_rate"]))
+            rate = self._int(call, values["sample_rate"], event,
+                             ".".join(self._start["sample_rate"]), fatal=True)
         channels = 1
         if "channels" in values:
-            channels = self._int(values["channels"], event, ".".join(self._start["channels"]))
+            channels = self._int(call, values["channels"], event,
+                                 ".".join(self._start["channels"]), fatal=True)
+        if codec == "l16":
+            if rate != L16_RATE:
+                path = ".".join(self._start["sample_rate"]) if "sample_rate" in values else None
+                where = f"field {path!r} is" if path else "the envelope spec's default rate is"
+                raise self._error(call, f"L16 at {rate} Hz: {where} {rate}, but telewire "
+                                  f"converts L16 to mu-law only at {L16_RATE} Hz and never "
+                                  "resamples; configure the bridge for 8000 Hz", event=event,
+                                  field=path, fatal=True)
+            if channels != 1:
+                path = ".".join(self._start["channels"])
+                raise self._error(call, f"L16 with {channels} channels (field {path!r}); only "
+                                  "mono is converted", event=event, field=path, fatal=True)
+            graph_codec = "pcmu"
+        else:
+            graph_codec = codec
         try:
-            fmt = MediaFormat(codec=codec, sample_rate=rate, channels=channels)
+            fmt = MediaFormat(codec=graph_codec, sample_rate=rate, channels=channels)
         except ValueError as exc:
-            raise self._error(str(exc), event=event, fatal=True) from None
+            raise self._error(call, str(exc), event=event, fatal=True) from None
         tracks = values.get("tracks", ("inbound",))
         if isinstance(tracks, list):
             tracks = tuple(t if isinstance(t, str) else str(t.get("name", t)) if isinstance(t, dict)
@@ -490,7 +693,7 @@ class CompiledEnvelope:
         else:
             tracks = ("inbound",)
         frame = StartFrame(
-            carrier=self.carrier,
+            carrier=call.carrier or self.carrier,
             stream_id=sid,
             call_id=values.get("call_id", ""),
             account_id=values.get("account_id", ""),
@@ -499,6 +702,7 @@ class CompiledEnvelope:
             tracks=tracks,
         )
         call.apply_start(frame)
+        call.state[_WIRE] = codec
         return frame
 
     # ----------------------------------------------------------------------------- outbound
@@ -506,24 +710,65 @@ class CompiledEnvelope:
     def _call_values(self, call: CallContext) -> dict[str, str]:
         return {"stream_id": _json_escape(call.stream_id), "call_id": _json_escape(call.call_id)}
 
-    def media(self, call: CallContext, frame: AudioFrame) -> str:
-        """Wrap agent audio; the per-call prefix and suffix are rendered once per call."""
-        bound = call.state.get("_envelope_media")
-        if bound is None or bound[0] != call.stream_id:
+    def _bind_media(self, call: CallContext) -> tuple[Any, ...]:
+        """The call's outbound media form: ``(stream_id, kind, before, after, codec)`` where
+        kind is ``json``/``binary`` and ``-pass`` (as it is) or ``-l16`` (converted)."""
+        codec = self.response.codec or call.state.get(_WIRE, self._wire_default)
+        how = "l16" if codec == "l16" else "pass"
+        if self._media_t is None:
+            bound: tuple[Any, ...] = (call.stream_id, f"binary-{how}", b"", b"", codec)
+        else:
             parts = self._media_t.bind(self._call_values(call), "payload")
-            bound = (call.stream_id, parts[0], parts[1])
-            call.state["_envelope_media"] = bound
-        return bound[1] + frame.b64 + bound[2]
+            bound = (call.stream_id, f"json-{how}", parts[0], parts[1], codec)
+        call.state[_OUT] = bound
+        return bound
+
+    def media(self, call: CallContext, frame: AudioFrame) -> str | bytes:
+        """Wrap agent audio: a text message from the template (per-call prefix and suffix are
+        rendered once per call), or the audio bytes for a binary message.
+
+        mu-law passes through as it is (a bytes payload is returned as the same object); for an
+        L16 bridge the mu-law is converted to L16.
+
+        Raises:
+            ValueError: the frame's codec cannot be played by this bridge (naming both).
+        """
+        bound = call.state.get(_OUT)
+        if bound is None or bound[0] != call.stream_id:
+            bound = self._bind_media(call)
+        kind = bound[1]
+        if kind == "json-pass":
+            return bound[2] + frame.b64 + bound[3]
+        wanted = "pcmu" if bound[4] == "l16" else bound[4]
+        if frame.codec != wanted:
+            raise ValueError(f"cannot send {frame.codec} audio to a bridge that plays "
+                             f"{bound[4]} ({self.carrier} envelope; expected {wanted} frames)")
+        if kind == "binary-pass":
+            payload = frame.payload
+            return payload if type(payload) is bytes else frame.data
+        pcm = ulaw_decode(frame.data)
+        if kind == "binary-l16":
+            return pcm
+        return bound[2] + base64.b64encode(pcm).decode("ascii") + bound[3]
 
     def mark(self, call: CallContext, name: str) -> str | None:
+        """The mark message for ``name``, or ``None`` when the spec has no mark template."""
         if self._mark_t is None:
             return None
         return self._mark_t.render({**self._call_values(call), "name": _json_escape(name)})
 
     def clear(self, call: CallContext) -> str | None:
+        """The clear message, or ``None`` when the spec has no clear template."""
         if self._clear_t is None:
             return None
         return self._clear_t.render(self._call_values(call))
+
+    def hangup(self, call: CallContext) -> str | None:
+        """The hang-up message, or ``None`` when the spec has none (closing the socket ends the
+        call)."""
+        if self._hangup_t is None:
+            return None
+        return self._hangup_t.render(self._call_values(call))
 
 
 def _format_validation(exc: ValidationError, where: str) -> str:
@@ -575,5 +820,3 @@ def load_envelope_file(carrier: str, path: str | Path) -> CompiledEnvelope:
     return compile_envelope(carrier, data["envelope_spec"], data["response_envelope_spec"],
                             source=str(p))
 
-
-_ = MappingProxyType, Callable  # re-exported types used in annotations above

@@ -117,6 +117,15 @@ class TelewireServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self._drain_archives(timeout)
+
+    @staticmethod
+    async def _drain_archives(timeout: float) -> None:
+        """Recordings: the ended calls' archives upload in the background; wait for them (at
+        least a few seconds) so a SIGTERM loses nothing. What is not stored stays spooled."""
+        from telewire.archive import drain_uploads
+
+        await drain_uploads(max(timeout, 5.0))
 
     # ----------------------------------------------------------------------------- requests
 
@@ -275,8 +284,10 @@ class TelewireServer:
         except AuthenticationError as exc:
             logger.warning("media socket for {} refused: {}", carrier.name, exc)
             return web.Response(status=403, text="signature check failed\n")
+        envelope = self.graph.envelope
+        protocols = (envelope.spec.subprotocol,) if envelope and envelope.spec.subprotocol else ()
         ws = web.WebSocketResponse(max_msg_size=self.settings.ws_max_message_bytes,
-                                   compress=False, autoping=True)
+                                   compress=False, autoping=True, protocols=protocols)
         await ws.prepare(request)
         text_only = carrier.capabilities.text_frames_only
 

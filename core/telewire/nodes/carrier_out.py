@@ -86,11 +86,13 @@ class CarrierOut(Node):
     async def on_interrupt_in(self, frame: InterruptFrame) -> None:  # type: ignore[override]
         if not self._ctx.started:
             return
-        msg = self._carrier.build_clear(self._ctx)
-        if msg is not None:
-            self.clears_sent += 1
-            await self._send(msg)
-        heard = self.ledger.clear(self._clock())
+        now = self._clock()
+        if not self.ledger.drained(now):  # something may still be playing: drop it
+            msg = self._carrier.build_clear(self._ctx)
+            if msg is not None:
+                self.clears_sent += 1
+                await self._send(msg)
+        heard = self.ledger.clear(now)
         self.call.log.info("barge-in ({}): {}", frame.source,
                            f"item {heard.item_id} heard {heard.heard_ms:.0f} of "
                            f"{heard.sent_ms:.0f} ms" if heard else "nothing was playing")

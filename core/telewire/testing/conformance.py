@@ -12,10 +12,14 @@ A carrier's test module is three lines::
 
 ``AcmeFixtures`` subclasses :class:`CarrierFixtures` and implements every method there: the
 carrier's name, its inbound messages as the carrier really sends them, and small decoders for
-the messages the plugin builds. The carrier is reached through
-``CarrierRegistry().get(name)``, so the kit also proves the plugin is installed and registered.
-A capability the carrier does not declare turns the tests of that feature into
-``pytest.skip(reason)``; nothing is overridden to pass.
+the messages the plugin builds; optionally, the messages of one recorded real call. The carrier
+is reached through ``CarrierRegistry().get(name)``, so the kit also proves the plugin is
+installed and registered. A capability the carrier does not declare (or a recording it does
+not supply) turns the tests of that feature into ``pytest.skip(reason)``; nothing is
+overridden to pass.
+
+Messages are ``str`` (text WebSocket frames) or ``bytes`` (binary frames) everywhere: the kit
+never assumes JSON text, so a carrier whose media travels in binary frames runs it unchanged.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from __future__ import annotations
 import base64
 import random
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pytest
 
 from telewire.carrier import CallContext, Capabilities
-from telewire.errors import CarrierProtocolError, PluginError
+from telewire.errors import CarrierError, CarrierProtocolError, PluginError
 from telewire.frames import (
     DTMF_DIGITS,
     AudioFrame,
@@ -66,14 +70,21 @@ TRICKY_PARAMETERS: Mapping[str, str] = {
     "tenant": "acme",
     "unicode": "Zürich ☎ 東京",
 }
-#: Case ids :meth:`CarrierFixtures.malformed_messages` must supply, and what each means.
+#: Case ids :meth:`CarrierFixtures.malformed_messages` must supply, and what each means. A
+#: carrier whose media is binary frames (no fields to leave out) supplies the nearest control
+#: message cases instead: a required field missing, a field of the wrong type.
 REQUIRED_MALFORMED_CASES: Mapping[str, str] = {
     "unknown_event": "a message naming an event the protocol does not have",
-    "missing_field": "a media message without its audio payload field",
-    "wrong_type": "a media message whose payload field has the wrong JSON type",
+    "missing_field": "a media message without its audio payload field (or, for binary media, "
+                     "a control message without a required field)",
+    "wrong_type": "a media message whose payload field has the wrong JSON type (or, for binary "
+                  "media, a control message field of the wrong type)",
     "bad_payload": "a media message whose payload is not valid base64 (or not valid audio)",
 }
 _ONE_MB = 1024 * 1024
+#: Seed of the mutation fuzzing in :class:`MalformedInputTests`; a failure names it and the round.
+FUZZ_SEED = 20240611
+_FUZZ_ROUNDS = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,23 @@ class CarrierFixtures:
     def stop_message(self, *, stream_id: str) -> Message:
         """The carrier's end-of-stream message."""
         raise _missing(self, "stop_message", "return the carrier's stream-stopped message")
+
+    def recorded_session(self) -> Sequence[Message] | None:
+        """Every message of one real call, in order, exactly as the carrier sent them.
+
+        Capture them from a real call (log each WebSocket message as received, then shorten the
+        media run to a handful of chunks) and keep them verbatim: field order, string-typed
+        counters, keep-alives and all. The kit parses them in order into one call and checks
+        start first, stop last, nothing rejected, and that the recorded audio survives a round
+        trip byte for byte.
+
+        Returns:
+            The messages (``str`` for text frames, ``bytes`` for binary frames), or ``None``
+            when there is no recording yet; the recorded-session tests are then skipped, saying
+            so. Supplying one is strongly recommended: it is the only test fed with messages
+            the fixtures' author did not write.
+        """
+        return None
 
     def malformed_messages(self, *, stream_id: str) -> Mapping[str, Malformed]:
         """Carrier-specific malformed messages by case id; must include the ids in
@@ -226,6 +254,55 @@ class _KitBase(CarrierFixtures):
             pytest.fail(f"{what}: the plugin crashed, not raising CarrierProtocolError: {exc}")
         pytest.fail(f"{what}: accepted and parsed into {list(frames)!r}")
 
+    def parse_or_reject(self, carrier: Carrier, call: CallContext, message: Message,
+                        what: str) -> list[Frame] | CarrierProtocolError:
+        """Parse ``message``: its frames, or the ``CarrierProtocolError`` refusing it. Anything
+        else (a crash, a non-frame result) fails the test naming ``what``."""
+        try:
+            frames = list(carrier.parse_inbound(call, message))
+        except CarrierProtocolError as exc:
+            assert exc.carrier == carrier.name, (
+                f"{what}: CarrierProtocolError.carrier is {exc.carrier!r}, not {carrier.name!r}")
+            return exc
+        except PluginError as exc:
+            pytest.fail(f"{what}: the plugin crashed instead of raising CarrierProtocolError: "
+                        f"{exc}")
+        bad = [f for f in frames if not isinstance(f, Frame)]
+        assert not bad, f"{what}: parse_inbound returned non-frames {bad!r}"
+        return frames
+
+    def require_recording(self, carrier: Carrier) -> Sequence[Message]:
+        """The carrier's recorded session; skip the test when it supplies none."""
+        recording = self.recorded_session()
+        if recording is None:
+            pytest.skip(f"carrier {carrier.name!r} supplies no recorded session "
+                        f"({type(self).__name__}.recorded_session() returned None)")
+        assert len(recording) >= 2, "a recorded session has at least a start and a stop message"
+        return recording
+
+    def valid_messages(self, caps: Capabilities) -> dict[str, tuple[Message, bool]]:
+        """One valid message of each kind the carrier has, with whether it belongs after the
+        start message (everything but the start itself). A kind the carrier does not declare,
+        or whose fixture skips (a protocol with no stop message), is left out."""
+        makers = {
+            "start": (True, lambda: self.start_message(
+                stream_id=STREAM_A, call_id="call-1", custom_parameters={"tenant": "acme"})),
+            "media": (True, lambda: self.media_message(
+                _PAYLOADS["random-20ms"], stream_id=STREAM_A, sequence=3)),
+            "stop": (True, lambda: self.stop_message(stream_id=STREAM_A)),
+            "dtmf": (caps.dtmf, lambda: self.dtmf_message("5", stream_id=STREAM_A)),
+            "mark": (caps.marks, lambda: self.mark_message("m-1", stream_id=STREAM_A)),
+        }
+        out: dict[str, tuple[Message, bool]] = {}
+        for kind, (declared, make) in makers.items():
+            if not declared:
+                continue
+            try:
+                out[kind] = (make(), kind != "start")
+            except pytest.skip.Exception:
+                continue
+        return out
+
     @staticmethod
     def require(caps: Capabilities, flag: str, carrier: Carrier) -> None:
         """Skip the test when the carrier does not declare capability ``flag``."""
@@ -246,7 +323,11 @@ class RegistrationTests(_KitBase):
         failed = [f.error for f in registry.failures if f.name == name]
         assert not failed, f"carrier {name!r} failed to load: {failed}"
         assert name in registry.names(), f"carrier {name!r} not installed: {registry.names()}"
-        assert registry.infos[name].entry_point, f"carrier {name!r} is not from an entry point"
+        info = registry.infos[name]
+        assert info.entry_point, f"carrier {name!r} is not from an entry point"
+        assert info.distribution and info.version, (
+            f"carrier {name!r}: entry point {info.entry_point!r} belongs to no installed "
+            "distribution (is the plugin installed with pip, not just on sys.path?)")
 
     def test_capabilities_declared(self, caps: Capabilities) -> None:
         assert isinstance(caps, Capabilities)
@@ -298,6 +379,32 @@ class InboundParsingTests(_KitBase):
         self.parse_one(carrier, call, self.stop_message(stream_id=STREAM_A), EndFrame)
         assert call.stopped
 
+    def test_recorded_session(self, carrier: Carrier) -> None:
+        recording = self.require_recording(carrier)
+        call = carrier.new_call()
+        frames: list[Frame] = []
+        for i, message in enumerate(recording):
+            try:
+                frames.extend(carrier.parse_inbound(call, message))
+            except CarrierError as exc:
+                pytest.fail(f"recorded message {i} was refused: {exc}\n  message: {message!r}")
+        kinds = [type(f).__name__ for f in frames]
+        assert frames and isinstance(frames[0], StartFrame), (
+            f"the recording must yield a StartFrame first, got {kinds}")
+        assert isinstance(frames[-1], EndFrame), f"the recording must end with an EndFrame: {kinds}"
+        assert kinds.count("StartFrame") == 1 and kinds.count("EndFrame") == 1, kinds
+        start = frames[0]
+        assert isinstance(start, StartFrame) and start.carrier == carrier.name
+        assert call.started and call.stopped and call.stream_id == start.stream_id
+        audio = [f for f in frames if isinstance(f, AudioFrame)]
+        assert audio, "the recording carries no media: keep a few media messages in it"
+        fmt = start.media_format
+        for frame in audio:
+            assert (frame.codec, frame.sample_rate) == (fmt.codec, fmt.sample_rate), (
+                f"recorded audio is {frame.codec}/{frame.sample_rate}, the call's start says "
+                f"{fmt.codec}/{fmt.sample_rate}")
+            assert frame.byte_length == len(frame.data) > 0
+
 
 # ---------------------------------------------------------------------------------------------
 # outbound
@@ -316,6 +423,35 @@ class OutboundTests(_KitBase):
         if caps.text_frames_only:
             assert isinstance(out, str), f"text-only carrier built a {type(out).__name__} message"
         assert AudioFrame(payload=self.outbound_media_payload(out)).data == audio
+
+    def test_wrap_audio_from_base64_text(self, carrier: Carrier, caps: Capabilities) -> None:
+        """Agent audio arrives from the realtime model as base64 text; a text envelope carries
+        that text as it is (no decode and re-encode)."""
+        call = self.started_call(carrier)
+        audio = _PAYLOADS["random-20ms"]
+        text = base64.b64encode(audio).decode("ascii")
+        fmt = caps.media_format
+        out = carrier.wrap_audio(call, AudioFrame(payload=text, codec=fmt.codec,
+                                                  sample_rate=fmt.sample_rate, track="outbound"))
+        wire = self.outbound_media_payload(out)
+        if isinstance(wire, str):
+            assert wire == text, "the base64 text was re-encoded on the way out"
+        assert AudioFrame(payload=wire).data == audio
+
+    def test_text_only_carrier_sends_only_text(self, carrier: Carrier,
+                                               caps: Capabilities) -> None:
+        self.require(caps, "text_frames_only", carrier)
+        call = self.started_call(carrier)
+        fmt = caps.media_format
+        sent = {
+            "media": carrier.wrap_audio(call, AudioFrame(payload=b"\xff" * 160, codec=fmt.codec,
+                                                         sample_rate=fmt.sample_rate,
+                                                         track="outbound")),
+            "mark": carrier.build_mark(call, "m-1"),
+            "clear": carrier.build_clear(call),
+        }
+        binary = [k for k, v in sent.items() if v is not None and not isinstance(v, str)]
+        assert not binary, f"Capabilities.text_frames_only=True but {binary} built as bytes"
 
     def test_outbound_addressed_to_the_call(self, carrier: Carrier, caps: Capabilities) -> None:
         call = self.started_call(carrier)
@@ -368,10 +504,33 @@ class MediaRoundTripTests(_KitBase):
         msg = self.media_message(audio, stream_id=STREAM_A, sequence=1)
         frame = self.parse_one(carrier, call, msg, AudioFrame)
         assert isinstance(frame, AudioFrame)
-        if isinstance(msg, str):
-            assert isinstance(frame.payload, str) and frame.payload in msg, (
-                "a text message's base64 payload must be kept as the text that arrived")
-            assert frame.payload == base64.b64encode(audio).decode("ascii")
+        b64 = base64.b64encode(audio).decode("ascii")
+        if isinstance(msg, str) or b64.encode("ascii") in msg:
+            assert isinstance(frame.payload, str) and frame.payload == b64, (
+                "a base64 payload must be kept as the text that arrived, not decoded")
+        else:
+            assert isinstance(frame.payload, bytes) and frame.payload == audio, (
+                "binary audio must be kept as the bytes that arrived, not base64-encoded")
+
+    def test_recorded_audio_round_trip(self, carrier: Carrier) -> None:
+        """Each recorded media payload, wrapped as agent audio as it arrives, goes back out
+        byte for byte (in the wire form it came in, when the envelope uses the same form)."""
+        recording = self.require_recording(carrier)
+        call = carrier.new_call()
+        checked = 0
+        for i, message in enumerate(recording):
+            for frame in carrier.parse_inbound(call, message):
+                if not isinstance(frame, AudioFrame):
+                    continue
+                agent = AudioFrame(payload=frame.payload, codec=frame.codec,
+                                   sample_rate=frame.sample_rate, track="outbound")
+                wire = self.outbound_media_payload(carrier.wrap_audio(call, agent))
+                if type(wire) is type(frame.payload):
+                    assert wire == frame.payload, f"recorded message {i}: payload re-encoded"
+                assert AudioFrame(payload=wire).data == frame.data, (
+                    f"recorded message {i}: outbound audio bytes differ")
+                checked += 1
+        assert checked, "the recording carries no media: keep a few media messages in it"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,11 +660,82 @@ class MalformedInputTests(_KitBase):
         if problems:
             pytest.fail(f"{len(problems)} malformed-input problem(s):\n  " + "\n  ".join(problems))
 
+    def test_binary_frame_rejected_by_text_only_carrier(self, carrier: Carrier,
+                                                        caps: Capabilities) -> None:
+        self.require(caps, "text_frames_only", carrier)
+        call = self.started_call(carrier)
+        media = self.media_message(b"\xff" * 160, stream_id=STREAM_A, sequence=1)
+        for what, frame in (("a valid message sent as a binary frame",
+                             media.encode("utf-8") if isinstance(media, str) else media),
+                            ("raw audio bytes", b"\xff" * 160),
+                            ("an empty binary frame", b"")):
+            err = self.expect_protocol_error(carrier, call, frame, what)
+            assert not err.fatal, f"{what}: one stray binary frame must not end the call"
+
+    def test_call_continues_after_rejection(self, carrier: Carrier) -> None:
+        """A refused message that is not fatal leaves the call able to go on."""
+        problems: list[str] = []
+        for case_id, case in self.malformed_messages(stream_id=STREAM_A).items():
+            if not case.after_start:
+                continue
+            call = self.started_call(carrier)
+            result = self.parse_or_reject(carrier, call, case.message, case_id)
+            if not isinstance(result, CarrierProtocolError) or result.fatal:
+                continue  # accepted (reported by test_carrier_cases_rejected) or call over
+            if not call.started or call.stopped or call.stream_id != STREAM_A:
+                problems.append(f"{case_id}: the rejection changed the call (started="
+                                f"{call.started}, stopped={call.stopped}, "
+                                f"stream_id={call.stream_id!r})")
+                continue
+            after = self.parse_or_reject(carrier, call, self.media_message(
+                b"\x01" * 160, stream_id=STREAM_A, sequence=2), f"media after {case_id}")
+            if isinstance(after, CarrierProtocolError):
+                problems.append(f"{case_id}: the next valid media message was refused: {after}")
+            elif [type(f) for f in after] != [AudioFrame]:
+                problems.append(f"{case_id}: the next media message gave {after!r}")
+        if problems:
+            pytest.fail("non-fatal rejections that broke the call:\n  " + "\n  ".join(problems))
+
+    def test_truncated_messages_never_crash(self, carrier: Carrier, caps: Capabilities) -> None:
+        """Every prefix of every valid message is parsed or refused, never a crash."""
+        for kind, (message, after_start) in self.valid_messages(caps).items():
+            step = max(1, len(message) // 300)
+            for cut in range(0, len(message), step):
+                call = self.started_call(carrier) if after_start else carrier.new_call()
+                self.parse_or_reject(carrier, call, message[:cut],
+                                     f"{kind} message cut to {cut} of {len(message)}")
+
+    def test_mutated_messages_never_crash(self, carrier: Carrier, caps: Capabilities) -> None:
+        """Valid messages with a character or byte changed, inserted or deleted are parsed or
+        refused, never a crash (seeded: a failure names the seed and the round)."""
+        rng = random.Random(FUZZ_SEED)
+        samples = list(self.valid_messages(caps).items())
+        text_alphabet = '{}[]":,\\0123456789-.eE aZ\x00\u00e9\u260e'
+        for round_ in range(_FUZZ_ROUNDS):
+            kind, (message, after_start) = rng.choice(samples)
+            if not message:
+                continue
+            pos = rng.randrange(len(message))
+            op = rng.choice(("replace", "insert", "delete"))
+            if isinstance(message, str):
+                ch = rng.choice(text_alphabet)
+                mutated: Message = (message[:pos] + ("" if op == "delete" else ch)
+                                    + message[pos + (op != "insert"):])
+            else:
+                b = bytes([rng.randrange(256)])
+                mutated = (message[:pos] + (b"" if op == "delete" else b)
+                           + message[pos + (op != "insert"):])
+            call = self.started_call(carrier) if after_start else carrier.new_call()
+            self.parse_or_reject(carrier, call, mutated,
+                                 f"seed {FUZZ_SEED} round {round_}: {kind} message, {op} at "
+                                 f"{pos}: {mutated[:200]!r}")
+
     def test_message_limit_declared(self, carrier: Carrier, caps: Capabilities) -> None:
         typical = self.media_message(b"\xff" * 160, stream_id=STREAM_A, sequence=1)
-        assert 0 < len(typical) <= caps.max_message_bytes < 16 * _ONE_MB, (
+        size = len(typical.encode("utf-8")) if isinstance(typical, str) else len(typical)
+        assert 0 < size <= caps.max_message_bytes < 16 * _ONE_MB, (
             f"max_message_bytes={caps.max_message_bytes} must admit a 20 ms media message "
-            f"({len(typical)} bytes) and stay bounded")
+            f"({size} bytes) and stay bounded")
 
     @pytest.mark.parametrize("kind", ["media", "garbage"])
     def test_one_megabyte_message(self, carrier: Carrier, kind: str) -> None:

@@ -8,14 +8,47 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from telewire.testing.conformance import CarrierFixtures, Malformed
 
-__all__ = ["ACCOUNT_SID", "TwilioFixtures"]
+__all__ = ["ACCOUNT_SID", "RECORDED_CALL", "TwilioFixtures"]
 
 ACCOUNT_SID = "AC" + "0" * 32
 _MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+_SIDS = ('"accountSid":"AC9f3c2b1a0e8d7c6b5a4f3e2d1c0b9a8f",'
+         '"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0",'
+         '"callSid":"CA4e8d2f7a9b3c1d5e6f7a8b9c0d1e2f3a"')
+_STREAM = '"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"'
+#: One bidirectional ``<Connect><Stream>`` call, message by message as Twilio puts them on the
+#: socket: compact JSON, Twilio's field order, string counters, the ``connected`` greeting, the
+#: caller pressing 1 and a mark echoed after the agent's reply. SIDs are examples and the audio
+#: is three 20 ms chunks of a 440 Hz tone; both are shaped exactly as Twilio sends them.
+RECORDED_CALL: tuple[str, ...] = (
+    '{"event":"connected","protocol":"Call","version":"1.0.0"}',
+    '{"event":"start","sequenceNumber":"1","start":{' + _SIDS + ',"tracks":["inbound"],'
+    '"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},'
+    '"customParameters":{"caller":"+15005550006","tenant":"acme"}},' + _STREAM + '}',
+    '{"event":"media","sequenceNumber":"2","media":{"track":"inbound","chunk":"1",'
+    '"timestamp":"5","payload":"/7+xq6ioqq+960AyKygoKi88YMOzrKioqq672kY0LCgoKS45VMm1rKmoqa24z0w3'
+    'LSkoKS03TM+4ramoqay1yVQ5LikoKCw0Rtq7rqqoqKyzw2A8LyooKCsyQOu9r6qoqKuxv/8/MSsoKCovPWzAsquoqKq'
+    'vvOBDMywoKCouO1rGtKyoqKmuudRJNSwpKCktOE/Mt62pqKmtt8xPOC0pKA=="},' + _STREAM + '}',
+    '{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2",'
+    '"timestamp":"25","payload":"KSw1SdS5rqmoqKy0xlo7LiooKCwzQ+C8r6qoqKuywGw9LyooKCsxP/+/sauoqKq'
+    'vvetAMisoKCovPGDDs6yoqKquu9pGNCwoKCkuOVTJtaypqKmtuM9MNy0pKCktN0zPuK2pqKmstclUOS4pKCgsNEbau6'
+    '6qqKiss8NgPC8qKCgrMkDrva+qqKirsb//PzErKCgqLz1swLKrqKiqr7zgQw=="},' + _STREAM + '}',
+    '{"event":"dtmf","' + _STREAM[1:] + ',"sequenceNumber":"4",'
+    '"dtmf":{"track":"inbound_track","digit":"1"}}',
+    '{"event":"media","sequenceNumber":"5","media":{"track":"inbound","chunk":"3",'
+    '"timestamp":"45","payload":"MywoKCouO1rGtKyoqKmuudRJNSwpKCktOE/Mt62pqKmtt8xPOC0pKCksNUnUua6'
+    'pqKistMZaOy4qKCgsM0PgvK+qqKirssBsPS8qKCgrMT//v7GrqKiqr73rQDIrKCgqLzxgw7OsqKiqrrvaRjQsKCgpLj'
+    'lUybWsqaiprbjPTDctKSgpLTdMz7itqaiprLXJVDkuKSgoLDRG2ruuqqiorA=="},' + _STREAM + '}',
+    '{"event":"mark","sequenceNumber":"6",' + _STREAM + ',"mark":{"name":"resp-1-end"}}',
+    '{"event":"stop","sequenceNumber":"7",' + _STREAM + ',"stop":{'
+    '"accountSid":"AC9f3c2b1a0e8d7c6b5a4f3e2d1c0b9a8f",'
+    '"callSid":"CA4e8d2f7a9b3c1d5e6f7a8b9c0d1e2f3a"}}',
+)
 
 
 class TwilioFixtures(CarrierFixtures):
@@ -57,6 +90,9 @@ class TwilioFixtures(CarrierFixtures):
     def stop_message(self, *, stream_id: str) -> str:
         return self._message("stop", stream_id, stop={"accountSid": ACCOUNT_SID,
                                                       "callSid": f"call-of-{stream_id}"})
+
+    def recorded_session(self) -> Sequence[str]:
+        return RECORDED_CALL
 
     def malformed_messages(self, *, stream_id: str) -> Mapping[str, Malformed]:
         def media(**fields: Any) -> str:
