@@ -215,3 +215,39 @@ async def test_provider_that_cannot_connect_ends_the_call_cleanly(server, log_li
         await asyncio.wait_for(ws.wait_closed(), 10)
     assert any("call ended: provider_error" in line for line in log_lines)
     assert not any("sk-test-not-real" in line for line in log_lines)
+
+
+async def test_a_carrier_lacking_a_capability_the_graph_needs_is_refused_by_name(log_lines):
+    from typing import ClassVar
+
+    from telewire.frames import MarkFrame
+    from telewire.graph import NodeTypeInfo, build_graph, default_graph_path, node_types
+    from telewire.nodes.base import Node
+
+    class MarkCounter(Node):
+        inputs: ClassVar = {"marks_in": (MarkFrame,)}
+        requires: ClassVar = ("marks",)
+
+        async def on_marks_in(self, frame):
+            return None
+
+    import tomllib
+
+    raw = tomllib.loads(default_graph_path().read_text())
+    raw["nodes"]["counter"] = {"type": "mark_counter"}
+    raw["edges"].append("tel_in.marks -> counter.marks_in")
+    types = {**node_types(), "mark_counter": NodeTypeInfo("mark_counter", MarkCounter, "", "", "")}
+    graph = build_graph(raw, source="marks.toml", types=types)
+    srv = TelewireServer(load_settings(host="127.0.0.1", port=0), graph, CarrierRegistry())
+    await srv.start()
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://127.0.0.1:{srv.port}/media/bandwidth"):
+                pass
+        assert info.value.response.status_code == 501
+        body = info.value.response.body.decode()
+        assert "node 'counter'" in body and "capability 'marks'" in body and "'bandwidth'" in body
+        result = await CallSimulator(url(srv), pace=0, expect_echo=True).run(AUDIO)  # twilio has marks
+        assert result.received_audio == AUDIO
+    finally:
+        await srv.stop(drain_timeout_s=1)

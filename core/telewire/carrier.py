@@ -29,6 +29,9 @@ class Capabilities:
         text_frames_only: the socket carries only text frames (binary frames are refused).
         media_format: the audio format on the socket, both directions.
         max_message_bytes: the largest inbound message accepted; larger ones are refused.
+        envelope_driven: the carrier is configured by the graph's envelope spec (``sip_bridge``);
+            its effective capabilities per call are these narrowed to what the spec can express.
+        transfer: the carrier can transfer a call elsewhere (the ``transfer_call`` tool).
     """
 
     clear: bool = True
@@ -38,6 +41,8 @@ class Capabilities:
     text_frames_only: bool = True
     media_format: MediaFormat = PCMU_8K
     max_message_bytes: int = 64 * 1024
+    envelope_driven: bool = False
+    transfer: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -48,7 +53,8 @@ class CallContext:
     ``state`` is the plugin's own scratch space for this call (hooks keep no globals).
     ``envelope`` is the envelope compiled from the graph's ``tel_in.config.envelope_spec`` /
     ``tel_out.config.response_envelope_spec``, when the graph gives one (carriers configured
-    entirely by envelope specs use it; others ignore it).
+    entirely by envelope specs use it; others ignore it). ``capabilities`` are the carrier's
+    effective capabilities for this call (see :meth:`telewire.registry.Carrier.capabilities_for`).
     """
 
     carrier: str
@@ -61,6 +67,7 @@ class CallContext:
     media_format: MediaFormat = PCMU_8K
     state: dict[str, Any] = field(default_factory=dict)
     envelope: CompiledEnvelope | None = None
+    capabilities: Capabilities | None = None
 
     def apply_start(self, start: StartFrame) -> None:
         """Take the call's identity from its start frame."""

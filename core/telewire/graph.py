@@ -214,10 +214,15 @@ class Graph:
         return [n for n, s in self.nodes.items() if issubclass(s.cls, cls)]
 
     def check_carrier(self, carrier: Carrier) -> None:
-        """Refuse a carrier that lacks a capability a node of this graph requires."""
+        """Refuse a carrier that lacks a capability a node of this graph requires.
+
+        Raises:
+            GraphError: naming the file, the node, the capability and the carrier.
+        """
+        caps = carrier.capabilities_for(self.envelope)
         for name, spec in self.nodes.items():
             for cap in spec.cls.requires:
-                if not getattr(carrier.capabilities, cap, False):
+                if not getattr(caps, cap, False):
                     raise GraphError(f"{self.source}: node {name!r} (type {spec.type!r}) needs "
                                      f"carrier capability {cap!r}, which carrier "
                                      f"{carrier.name!r} does not have")
@@ -439,8 +444,7 @@ class CallGraph:
     errors: list[ErrorFrame] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self.context = self.carrier.new_call()
-        self.context.envelope = self.graph.envelope
+        self.context = self.carrier.new_call(self.graph.envelope)
         self.log = logger.bind(carrier=self.carrier.name, call_sid="", stream_sid="")
         self.ended = asyncio.Event()
         self._started = False

@@ -127,9 +127,18 @@ class Carrier:
                 plugin=self.name, hook=hook_name,
             ) from exc
 
-    def new_call(self) -> CallContext:
-        """A fresh per-call context for this carrier."""
-        return CallContext(carrier=self.name, media_format=self.capabilities.media_format)
+    def capabilities_for(self, envelope: Any) -> Capabilities:
+        """The capabilities in force for a call: an envelope-driven carrier's are narrowed to
+        what the graph's envelope spec can express; any other carrier's are its own."""
+        if self.capabilities.envelope_driven and envelope is not None:
+            return envelope.capabilities(self.capabilities)
+        return self.capabilities
+
+    def new_call(self, envelope: Any = None) -> CallContext:
+        """A fresh per-call context for this carrier (``envelope``: the graph's, if any)."""
+        caps = self.capabilities_for(envelope)
+        return CallContext(carrier=self.name, media_format=caps.media_format, envelope=envelope,
+                           capabilities=caps)
 
     def parse_inbound(self, call: CallContext, message: str | bytes) -> Sequence[Frame]:
         """Parse one inbound message (see ``telewire_parse_inbound``)."""

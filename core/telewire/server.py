@@ -61,6 +61,7 @@ class TelewireServer:
         self.tel_in = ins[0]
         self.calls: set[CallGraph] = set()
         self.live: dict[tuple[str, str], CallGraph] = {}
+        self.unusable: dict[str, str] = {}
         self.calls_total = 0
         self.draining = False
         self.app = web.Application()
@@ -87,7 +88,9 @@ class TelewireServer:
                 for warning in carrier.warnings():
                     logger.warning("carrier {}: {}", name, warning)
             except (PluginError, ConfigError) as exc:
-                logger.error("carrier {} unusable: {}", name, exc)
+                self.unusable[name] = str(exc)
+                logger.error("carrier {} unusable with this graph; its calls will be refused: {}",
+                             name, exc)
         for failure in self.registry.failures:
             logger.error("carrier plugin {!r} failed to load: {}", failure.name, failure.error)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -275,6 +278,8 @@ class TelewireServer:
         carrier = self._carrier(request)
         if self.draining:
             return web.Response(status=503, text="server is draining\n")
+        if carrier.name in self.unusable:
+            return web.Response(status=501, text=f"{self.unusable[carrier.name]}\n")
         if len(self.calls) >= self.settings.max_calls:
             logger.warning("call refused: {} live calls is the limit", self.settings.max_calls)
             return web.Response(status=503, text="at capacity\n")
@@ -289,7 +294,7 @@ class TelewireServer:
         ws = web.WebSocketResponse(max_msg_size=self.settings.ws_max_message_bytes,
                                    compress=False, autoping=True, protocols=protocols)
         await ws.prepare(request)
-        text_only = carrier.capabilities.text_frames_only
+        text_only = carrier.capabilities_for(self.graph.envelope).text_frames_only
 
         async def send(message: str | bytes) -> None:
             if ws.closed:

@@ -88,7 +88,7 @@ class ToolBox:
         self._specs = {s.name: s for s in specs}
         self._functions = {s.name: resolve_function(s.function, where=f"rt.config.tools[{s.name}]")
                            for s in self._specs.values()}
-        caps = call.carrier.capabilities
+        caps = call.context.capabilities or call.carrier.capabilities
         self._builtins = [b for b in builtins
                           if b != "transfer_call" or getattr(caps, "transfer", False)]
         clash = set(self._builtins) & set(self._specs)

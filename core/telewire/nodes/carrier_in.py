@@ -72,7 +72,7 @@ class CarrierIn(Node):
 
     def __init__(self, name: str, config: CarrierInConfig, call) -> None:  # type: ignore[no-untyped-def]
         super().__init__(name, config, call)
-        caps = call.carrier.capabilities
+        caps = call.context.capabilities or call.carrier.capabilities
         self.max_bytes = config.max_message_bytes or caps.max_message_bytes
         self.messages = 0
         self.audio_frames = 0

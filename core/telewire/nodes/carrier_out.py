@@ -54,7 +54,7 @@ class CarrierOut(Node):
         self._carrier = call.carrier
         self._ctx = call.context
         self._send = call.send_to_carrier
-        caps = self._carrier.capabilities
+        caps = call.context.capabilities or self._carrier.capabilities
         self.ledger = PlaybackLedger(marks=caps.marks, mark_interval_ms=config.mark_interval_ms,
                                      bytes_per_ms=caps.media_format.sample_rate
                                      * (2 if caps.media_format.codec == "l16" else 1) / 1000.0)

@@ -39,6 +39,7 @@ CAPABILITIES = Capabilities(
     text_frames_only=False,
     media_format=MediaFormat(codec="pcmu", sample_rate=8000, channels=1),
     max_message_bytes=64 * 1024,
+    envelope_driven=True,
 )
 #: Where the preset files live.
 PRESET_DIR = Path(__file__).with_name("presets")
