@@ -28,6 +28,12 @@ from loguru import logger
 TELEWIRE = [sys.executable, "-m", "telewire.cli"]
 
 
+@pytest.fixture(autouse=True)
+def _recordings_in_tmp(tmp_path, monkeypatch):
+    """The default graph records every call: keep archives and spool out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def log_lines():
     """Every log line written while the test runs (message text, with level)."""

@@ -248,6 +248,10 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     summary["input_audio"] = audio_path
     summary["byte_identical_echo"] = result.received_audio == audio
     summary["outputs"] = _write_outputs(result, Path(args.out))
+    from telewire.archive import find_archive
+
+    record = find_archive(result.stream_sid)
+    summary["recording"] = record.as_dict() if record else None
     return summary
 
 
@@ -264,7 +268,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = summary["outputs"]
     print(f"\nThe call's returned audio is in {out['agent_audio_wav']} "
           f"(raw mu-law: {out['agent_audio_raw']}); its summary in {out['summary']}.")
+    rec = summary.get("recording")
+    if rec:
+        where = rec["locations"]
+        print(f"Its recording ({rec['status']}): stereo WAV {where.get('call.wav')}, transcript "
+              f"{where.get('transcript.json')}, event log {where.get('events.jsonl')}.")
+    else:
+        print("The graph has no recorder node, so the call was not recorded.")
     return 0
+
+
+# --------------------------------------------------------------------------------- archive
+
+
+def _spool_dirs(args: argparse.Namespace) -> list[str]:
+    """``--spool`` folders, else the spool of every recorder node of the graph."""
+    if args.spool:
+        return list(args.spool)
+    from telewire.nodes.recorder import Recorder
+
+    _, graph = _load(args)
+    dirs = sorted({graph.nodes[n].config.spool_dir for n in graph.nodes_of_type(Recorder)})
+    if not dirs:
+        raise ConfigError(f"{graph.source}: no recorder node, so no spool; pass --spool DIR")
+    return dirs
+
+
+def cmd_archive_status(args: argparse.Namespace) -> int:
+    from telewire.archive import uploader_for
+
+    entries = [e for d in _spool_dirs(args) for e in uploader_for(d).entries()]
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("spool empty: every archive is stored")
+        return 0
+    for e in entries:
+        line = f"{e.state:<9} {e.archive_id}  {e.bytes:>10} B  -> {e.store or '?'}"
+        if e.attempts:
+            line += f"  ({e.attempts} failed attempt(s); last: {e.last_error})"
+        print(line)
+    return 0
+
+
+async def _archive_flush(dirs: list[str]) -> tuple[list[Any], list[Any]]:
+    from telewire.archive import uploader_for
+
+    stored, failed = [], []
+    for d in dirs:
+        ok, bad = await uploader_for(d).flush()
+        stored += ok
+        failed += bad
+    return stored, failed
+
+
+def cmd_archive_flush(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    stored, failed = asyncio.run(_archive_flush(_spool_dirs(args)))
+    out = {"stored": [r.as_dict() for r in stored],
+           "failed": [{"archive_id": e.archive_id, "path": str(e.path), "error": err}
+                      for e, err in failed]}
+    print(json.dumps(out, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from telewire.replay import replay
+
+    setup_logging(os.environ.get("TELEWIRE_LOG_LEVEL", "WARNING"))
+    _, graph = _load(args)
+    summary = asyncio.run(replay(args.archive, graph, turn=args.turn, pace=args.pace,
+                                 drain_s=args.drain))
+    print(json.dumps(summary, indent=2))
+    record = summary["archive"]
+    return 0 if record is not None and record["status"] == "stored" else 1
 
 
 # --------------------------------------------------------------------------------- main
@@ -315,6 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pace", type=float, default=1.0)
     s.add_argument("--out", default="demo-output", help="folder for what comes back")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("archive", help="the local spool of call archives")
+    asub = s.add_subparsers(dest="archive_command", required=True)
+    for name, func, text in (
+            ("status", cmd_archive_status, "archives waiting in the spool, and why"),
+            ("flush", cmd_archive_flush, "upload every spooled archive now (exit 1 if any fail)")):
+        a = asub.add_parser(name, help=text)
+        graph_args(a)
+        a.add_argument("--spool", action="append", metavar="DIR",
+                       help="spool folder (default: the graph's recorder spool_dir)")
+        if name == "status":
+            a.add_argument("--json", action="store_true")
+        a.set_defaults(func=func)
+
+    s = sub.add_parser("replay", help="replay a recorded call's caller audio through a graph "
+                                      "into a new archive")
+    s.add_argument("archive", help="archive folder or store URL (file://… or s3://…) of one call")
+    graph_args(s)
+    s.add_argument("--turn", type=int, metavar="N", help="start at the Nth caller turn (1-based)")
+    s.add_argument("--pace", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    s.add_argument("--drain", type=float, default=3.0, help="seconds to wait for the agent at the end")
+    s.set_defaults(func=cmd_replay)
     return p
 
 

@@ -1,0 +1,782 @@
+"""Call archives: their layout, their assembly at call end, and the local spool that retries uploads.
+
+Depends on ``telewire.stores``, ``telewire.timeline`` and ``telewire.errors``; the recorder node,
+the server's shutdown and the CLI depend on it.
+
+An archive is four files under one key prefix in a store::
+
+    <carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/
+        call.wav          stereo, caller left, agent right, in the call's codec (mu-law: tag 7)
+        transcript.json   turns: role, text, start/end ms, interrupted
+        events.jsonl      every frame with its media time, audio payloads in wire form
+        manifest.json     ids, format, lengths, counters, end reason (uploaded last)
+
+While a call runs its files are spooled under ``<spool>/<archive id>.partial/`` (the two
+channels as positional track files, the event log as it happens). At the end the WAV is
+interleaved from the tracks in chunks, the folder is renamed to ``<spool>/<archive id>/``
+(ready) and an :class:`Uploader` uploads it in the background, retrying with backoff until the
+store takes it; only then is the spooled copy deleted. Ready archives left by a previous
+process, and partial ones whose process died, are picked up at the next start or by
+``telewire archive flush``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from loguru import logger
+
+from telewire.errors import TelewireError
+from telewire.stores import StoreError, open_store, safe_segment
+from telewire.timeline import TranscriptBuilder
+
+__all__ = [
+    "ARCHIVE_FILES",
+    "ArchiveReader",
+    "ArchiveRecord",
+    "SpoolEntry",
+    "TrackFile",
+    "Uploader",
+    "archive_key",
+    "drain_uploads",
+    "find_archive",
+    "finalize",
+    "interleave_wav",
+    "read_json",
+    "read_wav_channel",
+    "uploader_for",
+    "wav_header",
+    "write_json",
+]
+
+WAV, TRANSCRIPT, EVENTS, MANIFEST = "call.wav", "transcript.json", "events.jsonl", "manifest.json"
+#: Upload order: the manifest goes last, so its presence in a store means the archive is whole.
+ARCHIVE_FILES = (WAV, TRANSCRIPT, EVENTS, MANIFEST)
+CALLER_TRACK, AGENT_TRACK, CALL_META, STATUS = "caller.track", "agent.track", "call.json", "status.json"
+PARTIAL_SUFFIX = ".partial"
+
+#: One sample of silence per codec.
+SILENCE = {"pcmu": b"\xff", "pcma": b"\xd5", "l16": b"\x00\x00"}
+_WAV_TAG = {"pcmu": 7, "pcma": 6, "l16": 1}
+_TAG_CODEC = {v: k for k, v in _WAV_TAG.items()}
+
+
+# ------------------------------------------------------------------------------------- WAV
+
+
+def wav_header(data_len: int, *, codec: str, sample_rate: int, channels: int) -> bytes:
+    """The header of a WAV file whose data chunk holds ``data_len`` bytes of ``codec`` audio.
+
+    G.711 (``pcmu``: tag 7, ``pcma``: tag 6) is 8 bits per sample with a ``fact`` chunk;
+    ``l16`` is 16-bit PCM (tag 1).
+
+    Raises:
+        ValueError: an unknown codec, or data too long for a RIFF file (4 GiB).
+    """
+    if codec not in _WAV_TAG:
+        raise ValueError(f"no WAV format for codec {codec!r}")
+    width = len(SILENCE[codec])
+    block = width * channels
+    if codec == "l16":
+        fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * block, block, 16)
+        extra = b""
+    else:
+        fmt = struct.pack("<HHIIHHH", _WAV_TAG[codec], channels, sample_rate,
+                          sample_rate * block, block, 8, 0)
+        extra = b"fact" + struct.pack("<II", 4, data_len // block)
+    pad = data_len & 1
+    riff = 4 + 8 + len(fmt) + len(extra) + 8 + data_len + pad
+    if riff > 0xFFFFFFFF:
+        raise ValueError(f"{data_len} bytes of audio do not fit in a WAV file")
+    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
+            + fmt + extra + b"data" + struct.pack("<I", data_len))
+
+
+def interleave_wav(left: Path, right: Path, out: Path, *, codec: str, sample_rate: int,
+                   chunk_bytes: int = 1 << 16) -> int:
+    """Write a stereo WAV from two mono track files, streaming ``chunk_bytes`` per channel.
+
+    The shorter channel is padded with silence to the longer one's length. Returns the number
+    of bytes per channel. Memory used: a few chunks, whatever the length of the call.
+    """
+    width = len(SILENCE[codec])
+    sizes = [p.stat().st_size if p.exists() else 0 for p in (left, right)]
+    per_channel = max(sizes) // width * width
+    chunk_bytes = max(width, chunk_bytes // width * width)
+    silence = SILENCE[codec] * (chunk_bytes // width)
+    with out.open("wb") as f, _open_or_empty(left) as lf, _open_or_empty(right) as rf:
+        f.write(wav_header(per_channel * 2, codec=codec, sample_rate=sample_rate, channels=2))
+        done = 0
+        buf = bytearray(chunk_bytes * 2)
+        while done < per_channel:
+            n = min(chunk_bytes, per_channel - done)
+            lc = lf.read(n)
+            rc = rf.read(n)
+            lc = lc + silence[: n - len(lc)] if len(lc) < n else lc
+            rc = rc + silence[: n - len(rc)] if len(rc) < n else rc
+            view = memoryview(buf)[: 2 * n]
+            if width == 1:
+                view[0::2] = lc
+                view[1::2] = rc
+            else:
+                samples = view.cast("H")
+                samples[0::2] = memoryview(lc).cast("H")
+                samples[1::2] = memoryview(rc).cast("H")
+            f.write(view)
+            done += n
+        if per_channel * 2 & 1:
+            f.write(b"\x00")
+    return per_channel
+
+
+class _Empty:
+    def read(self, n: int) -> bytes:
+        return b""
+
+    def __enter__(self) -> "_Empty":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _open_or_empty(path: Path) -> Any:
+    return path.open("rb") if path.exists() else _Empty()
+
+
+@dataclass(frozen=True, slots=True)
+class WavInfo:
+    """Where the audio of a WAV file is and what it is."""
+
+    codec: str
+    sample_rate: int
+    channels: int
+    data_offset: int
+    data_len: int
+
+
+def wav_info(path: Path) -> WavInfo:
+    """Read the header of a WAV file written by :func:`interleave_wav` (or any plain WAV).
+
+    Raises:
+        TelewireError: not a WAV file, or a format telewire does not archive.
+    """
+    with path.open("rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise TelewireError(f"{path}: not a WAV file")
+        fmt = None
+        while True:
+            h = f.read(8)
+            if len(h) < 8:
+                raise TelewireError(f"{path}: WAV file without a data chunk")
+            cid, size = h[:4], struct.unpack("<I", h[4:])[0]
+            if cid == b"data":
+                if fmt is None:
+                    raise TelewireError(f"{path}: data chunk before the fmt chunk")
+                tag, channels, rate = fmt
+                codec = _TAG_CODEC.get(tag)
+                if codec is None:
+                    raise TelewireError(f"{path}: WAV format tag {tag} is not one telewire "
+                                        "archives (7 mu-law, 6 A-law, 1 PCM)")
+                return WavInfo(codec, rate, channels, f.tell(), size)
+            body = f.read(size + (size & 1))
+            if cid == b"fmt ":
+                fmt = struct.unpack("<HHI", body[:8])
+
+
+def read_wav_channel(path: Path, channel: int, *, start: int = 0,
+                     length: int | None = None) -> bytes:
+    """The bytes of one channel of an archive WAV (0 = caller, 1 = agent), from byte ``start``
+    of that channel, ``length`` bytes at most (all when ``None``)."""
+    info = wav_info(path)
+    width = len(SILENCE[info.codec])
+    block = width * info.channels
+    total = info.data_len // block * width
+    stop = total if length is None else min(total, start + length)
+    out = bytearray()
+    with path.open("rb") as f:
+        f.seek(info.data_offset + start // width * block)
+        pos = start // width * width
+        while pos < stop:
+            n = min(1 << 16, stop - pos)
+            raw = f.read(n // width * block)
+            if not raw:
+                break
+            frames = memoryview(raw)
+            if width == 1:
+                out += frames[channel::info.channels].tobytes()
+            else:
+                out += frames.cast("H")[channel::info.channels].tobytes()
+            pos += n
+    return bytes(out)
+
+
+# ------------------------------------------------------------------------------------- tracks
+
+
+class TrackFile:
+    """One channel of a call on disk, written at byte offsets on the call's timeline.
+
+    Appending is the common case (one buffered write); a chunk past the end is preceded by
+    silence, written in bounded pieces; a chunk before the end overwrites what is there;
+    :meth:`truncate` drops everything after an offset (agent audio a clear cut).
+    """
+
+    def __init__(self, path: Path, silence: bytes, buffer_bytes: int = 32768) -> None:
+        self.path = path
+        self._f: IO[bytes] = path.open("w+b", buffering=buffer_bytes)
+        self._silence = silence * (4096 // len(silence))
+        self.end = 0
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        f = self._f
+        if offset == self.end:
+            f.write(data)
+            self.end += len(data)
+            return
+        if offset > self.end:
+            gap = offset - self.end
+            while gap > 0:
+                n = min(gap, len(self._silence))
+                f.write(self._silence[:n])
+                gap -= n
+            f.write(data)
+            self.end = offset + len(data)
+            return
+        f.seek(offset)
+        f.write(data)
+        self.end = max(self.end, offset + len(data))
+        f.seek(self.end)
+
+    def truncate(self, offset: int) -> None:
+        if offset < self.end:
+            self._f.truncate(offset)
+            self._f.seek(offset)
+            self.end = offset
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# ------------------------------------------------------------------------------------- layout
+
+
+def archive_key(meta: dict[str, Any]) -> str:
+    """The key prefix of an archive in its store, from its ``call.json`` metadata; every part
+    from the carrier is passed through :func:`~telewire.stores.safe_segment`."""
+    day = time.strftime("%Y/%m/%d", time.gmtime(meta.get("started_at", 0)))
+    return "/".join([safe_segment(meta.get("carrier", "")), day,
+                     safe_segment(meta.get("call_id", "")), safe_segment(meta.get("stream_id", ""))])
+
+
+@dataclass(slots=True)
+class ArchiveRecord:
+    """What became of one call's archive.
+
+    Attributes:
+        archive_id: the spool name of the archive.
+        stream_id / call_id: the carrier's ids.
+        status: ``"stored"`` (in the store) or ``"spooled"`` (waiting in the local spool).
+        locations: file name -> its URL or path in the store (stored) or in the spool.
+        error: the store's last error, when spooled.
+    """
+
+    archive_id: str
+    stream_id: str
+    call_id: str
+    status: str
+    locations: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from ``path``."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def iter_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of an ``events.jsonl``, one at a time; a torn last line (a process that died
+    mid-write) is skipped."""
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def finalize(partial: Path, *, end_reason: str, end_detail: str = "",
+             builder: TranscriptBuilder | None = None,
+             counters: dict[str, Any] | None = None) -> Path:
+    """Turn a ``.partial`` spool folder into a ready archive; returns the ready folder.
+
+    Builds ``call.wav`` from the track files (streaming), ``transcript.json`` from ``builder``
+    (or, when ``None``, by replaying ``events.jsonl`` into a new one), ``manifest.json``, then
+    renames the folder. Blocking: run it in a thread.
+    """
+    meta = read_json(partial / CALL_META)
+    fmt = meta["media_format"]
+    caller, agent = partial / CALLER_TRACK, partial / AGENT_TRACK
+    caller_bytes = caller.stat().st_size if caller.exists() else 0
+    agent_bytes = agent.stat().st_size if agent.exists() else 0
+    per_channel = interleave_wav(caller, agent, partial / WAV, codec=fmt["codec"],
+                                 sample_rate=fmt["sample_rate"])
+    if builder is None:
+        builder = TranscriptBuilder()
+        events = partial / EVENTS
+        if events.exists():
+            for event in iter_events(events):
+                builder.feed_event(event)
+    bpm = fmt["sample_rate"] * len(SILENCE[fmt["codec"]]) / 1000.0
+    write_json(partial / TRANSCRIPT, {
+        "stream_id": meta["stream_id"], "call_id": meta["call_id"],
+        "turns": [t.as_dict() for t in builder.turns()]})
+    if not (partial / EVENTS).exists():
+        (partial / EVENTS).touch()
+    manifest = {
+        "version": 1,
+        **{k: meta[k] for k in ("archive_id", "carrier", "stream_id", "call_id", "account_id",
+                                "custom_parameters", "media_format", "started_at", "store",
+                                "key")},
+        "end_reason": end_reason,
+        "end_detail": end_detail,
+        "duration_ms": round(per_channel / bpm, 1),
+        "caller_bytes": caller_bytes,
+        "agent_bytes": agent_bytes,
+        "files": {name: (partial / name).stat().st_size for name in (WAV, TRANSCRIPT, EVENTS)},
+        "counters": counters or {},
+    }
+    write_json(partial / MANIFEST, manifest)
+    for name in (CALLER_TRACK, AGENT_TRACK):
+        (partial / name).unlink(missing_ok=True)
+    ready = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
+    os.replace(partial, ready)
+    return ready
+
+
+# ------------------------------------------------------------------------------------- spool
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One archive in the spool, as ``telewire archive status`` shows it."""
+
+    archive_id: str
+    path: Path
+    state: str  # "ready", "recording" (a live call) or "orphaned" (its process died)
+    stream_id: str
+    call_id: str
+    store: str
+    bytes: int
+    attempts: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Uploader:
+    """The spool of one folder and its background uploads, with retry and backoff.
+
+    Use :func:`uploader_for` (one per spool folder per process).
+
+    Args:
+        root: the spool folder.
+        retry_initial_s / retry_max_s: the first retry waits ``retry_initial_s``; each next one
+            twice as long, up to ``retry_max_s`` (with +-20 % jitter). Retries never give up: an
+            archive leaves the spool only when the store has it.
+    """
+
+    def __init__(self, root: Path, *, retry_initial_s: float = 1.0,
+                 retry_max_s: float = 300.0) -> None:
+        self.root = root
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.recording: set[Path] = set()
+        self.records: deque[ArchiveRecord] = deque(maxlen=256)
+        self._tasks: dict[Path, asyncio.Task[ArchiveRecord | None]] = {}
+        self._waiting: set[Path] = set()  # failed at least once, sleeping before the next try
+        self._resumed_loops: set[int] = set()
+
+    # -- the call side
+
+    def new_partial(self, archive_id: str) -> Path:
+        """Make the spool folder of a starting call."""
+        path = self.root / (archive_id + PARTIAL_SUFFIX)
+        path.mkdir(parents=True, exist_ok=False)
+        self.recording.add(path)
+        return path
+
+    async def complete(self, partial: Path, *, end_reason: str, end_detail: str = "",
+                       builder: TranscriptBuilder | None = None,
+                       counters: dict[str, Any] | None = None) -> Path:
+        """Finalize a call's spool folder (in a thread) and start uploading it."""
+        try:
+            ready = await asyncio.to_thread(finalize, partial, end_reason=end_reason,
+                                            end_detail=end_detail, builder=builder,
+                                            counters=counters)
+        finally:
+            self.recording.discard(partial)
+        self.submit(ready)
+        return ready
+
+    # -- uploads
+
+    def submit(self, ready: Path) -> asyncio.Task[ArchiveRecord | None]:
+        """Upload ``ready`` in the background, retrying until it is stored (idempotent)."""
+        loop = asyncio.get_running_loop()
+        task = self._tasks.get(ready)
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return task
+        task = loop.create_task(self._until_stored(ready), name=f"archive-upload-{ready.name}")
+        self._tasks[ready] = task
+        task.add_done_callback(lambda t, p=ready: self._forget(p, t))
+        return task
+
+    def _forget(self, path: Path, task: asyncio.Task[Any]) -> None:
+        if self._tasks.get(path) is task:
+            del self._tasks[path]
+
+    def pending_tasks(self) -> list[asyncio.Task[ArchiveRecord | None]]:
+        """The uploads not yet done on the running loop (including those waiting to retry)."""
+        loop = asyncio.get_running_loop()
+        return [t for t in self._tasks.values() if not t.done() and t.get_loop() is loop]
+
+    def uploading(self) -> list[asyncio.Task[ArchiveRecord | None]]:
+        """The uploads on the running loop that are talking to the store right now (not those
+        waiting to retry after a failure: they are safe in the spool)."""
+        loop = asyncio.get_running_loop()
+        return [t for p, t in self._tasks.items()
+                if not t.done() and t.get_loop() is loop and p not in self._waiting]
+
+    async def _until_stored(self, ready: Path) -> ArchiveRecord | None:
+        attempt = 0
+        while True:
+            try:
+                return await self.upload(ready)
+            except StoreError as exc:
+                attempt += 1
+                delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempt - 1))
+                delay *= random.uniform(0.8, 1.2)
+                self._note_failure(ready, str(exc), attempt)
+                logger.warning("archive {} not stored (attempt {}): {}; kept in {}, retrying in "
+                               "{:.1f} s", ready.name, attempt, exc, self.root, delay)
+                self._waiting.add(ready)
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._waiting.discard(ready)
+
+    def _note_failure(self, ready: Path, error: str, attempt: int) -> None:
+        try:
+            status = read_json(ready / STATUS) if (ready / STATUS).exists() else {}
+            status.update(attempts=int(status.get("attempts", 0)) + 1, last_error=error,
+                          last_attempt=time.time())
+            write_json(ready / STATUS, status)
+        except OSError:
+            pass
+        manifest = self._manifest(ready)
+        if manifest is not None:
+            self._record(ArchiveRecord(manifest["archive_id"], manifest["stream_id"],
+                                       manifest["call_id"], "spooled",
+                                       {n: str(ready / n) for n in ARCHIVE_FILES}, error))
+
+    @staticmethod
+    def _manifest(ready: Path) -> dict[str, Any] | None:
+        try:
+            return read_json(ready / MANIFEST)
+        except (OSError, ValueError):
+            return None
+
+    def _record(self, record: ArchiveRecord) -> None:
+        for i, old in enumerate(self.records):
+            if old.archive_id == record.archive_id:
+                del self.records[i]
+                break
+        self.records.append(record)
+
+    async def upload(self, ready: Path) -> ArchiveRecord | None:
+        """Upload one ready archive once; delete it from the spool when every file is stored.
+
+        Returns ``None`` when the folder is gone (another process uploaded it).
+
+        Raises:
+            StoreError: the store failed; the archive stays in the spool.
+        """
+        manifest = self._manifest(ready)
+        if manifest is None:
+            if not ready.exists():
+                return None
+            raise StoreError(f"{ready}: no readable {MANIFEST}; left in the spool for a person "
+                             "to look at")
+        try:
+            store = open_store(manifest["store"])
+        except TelewireError as exc:
+            raise StoreError(f"archive {ready.name}: {exc}") from None
+        locations = {}
+        for name in ARCHIVE_FILES:
+            path = ready / name
+            if not path.exists():
+                if not ready.exists():
+                    return None
+                raise StoreError(f"{path}: missing from the spooled archive")
+            locations[name] = await store.put_file(f"{manifest['key']}/{name}", path)
+        shutil.rmtree(ready, ignore_errors=True)
+        record = ArchiveRecord(manifest["archive_id"], manifest["stream_id"],
+                               manifest["call_id"], "stored", locations)
+        self._record(record)
+        logger.info("archive of call {} stored at {}", manifest["stream_id"],
+                    store.location(manifest["key"]))
+        return record
+
+    # -- the spool as a whole
+
+    def entries(self) -> list[SpoolEntry]:
+        """Every archive in the spool: ready, recording or orphaned."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for path in sorted(self.root.iterdir()):
+            if not path.is_dir():
+                continue
+            partial = path.name.endswith(PARTIAL_SUFFIX)
+            try:
+                meta = read_json(path / (CALL_META if partial else MANIFEST))
+            except (OSError, ValueError):
+                meta = {}
+            state = "ready"
+            if partial:
+                state = "orphaned" if self._orphaned(path, meta) else "recording"
+            status: dict[str, Any] = {}
+            if (path / STATUS).exists():
+                try:
+                    status = read_json(path / STATUS)
+                except (OSError, ValueError):
+                    status = {}
+            size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            out.append(SpoolEntry(path.name.removesuffix(PARTIAL_SUFFIX), path, state,
+                                  meta.get("stream_id", ""), meta.get("call_id", ""),
+                                  meta.get("store", ""), size, int(status.get("attempts", 0)),
+                                  status.get("last_error")))
+        return out
+
+    def _orphaned(self, path: Path, meta: dict[str, Any]) -> bool:
+        if path in self.recording:
+            return False
+        pid = meta.get("pid")
+        if meta.get("host", socket.gethostname()) != socket.gethostname():
+            return False  # another machine's call on a shared spool: not ours to judge
+        return not isinstance(pid, int) or pid == os.getpid() or not _pid_alive(pid)
+
+    async def recover_orphans(self) -> list[Path]:
+        """Finalize the partial archives of calls whose process died; returns the ready folders
+        (not yet uploaded)."""
+        ready = []
+        for entry in self.entries():
+            if entry.state != "orphaned":
+                continue
+            try:
+                ready.append(await asyncio.to_thread(
+                    finalize, entry.path, end_reason="recovered",
+                    end_detail="the recording process ended before the call did"))
+                logger.warning("recovered the archive of call {} left by a process that died",
+                               entry.stream_id)
+            except (OSError, ValueError, KeyError) as exc:
+                logger.error("cannot recover spooled call {}: {}", entry.path, exc)
+        return ready
+
+    def resume(self) -> None:
+        """Once per event loop: recover orphans and upload every ready archive in the spool
+        (archives a previous process could not store)."""
+        loop = asyncio.get_running_loop()
+        if id(loop) in self._resumed_loops:
+            return
+        self._resumed_loops.add(id(loop))
+
+        async def go() -> None:
+            await self.recover_orphans()
+            for entry in self.entries():
+                if entry.state == "ready":
+                    self.submit(entry.path)
+
+        loop.create_task(go(), name=f"archive-resume-{self.root}")
+
+    async def flush(self) -> tuple[list[ArchiveRecord], list[tuple[SpoolEntry, str]]]:
+        """Recover orphans, then try every ready archive once, now. Returns what was stored
+        and what failed (with the error)."""
+        await self.recover_orphans()
+        stored, failed = [], []
+        for entry in self.entries():
+            if entry.state != "ready":
+                continue
+            try:
+                record = await self.upload(entry.path)
+            except StoreError as exc:
+                self._note_failure(entry.path, str(exc), entry.attempts + 1)
+                failed.append((entry, str(exc)))
+                continue
+            if record is not None:
+                stored.append(record)
+        return stored, failed
+
+
+_UPLOADERS: dict[Path, Uploader] = {}
+
+
+def uploader_for(spool_dir: str | Path, *, retry_initial_s: float = 1.0,
+                 retry_max_s: float = 300.0) -> Uploader:
+    """The process's uploader of ``spool_dir`` (made on first use; later calls update its retry
+    timing)."""
+    root = Path(spool_dir).expanduser().resolve()
+    up = _UPLOADERS.get(root)
+    if up is None:
+        up = _UPLOADERS[root] = Uploader(root, retry_initial_s=retry_initial_s,
+                                         retry_max_s=retry_max_s)
+    else:
+        up.retry_initial_s, up.retry_max_s = retry_initial_s, retry_max_s
+    return up
+
+
+async def drain_uploads(timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for the archive uploads in flight on this loop to finish
+    or fail; returns how many archives are not yet stored (they stay in their spool, so nothing
+    is lost, and their retries go on while the loop runs)."""
+    deadline = asyncio.get_running_loop().time() + max(timeout, 0.0)
+    announced = False
+    while True:
+        busy = [t for up in _UPLOADERS.values() for t in up.uploading()]
+        if not busy:
+            break
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        if not announced:
+            logger.info("waiting up to {:.0f} s for {} archive upload(s)", left, len(busy))
+            announced = True
+        await asyncio.wait(busy, timeout=min(left, 0.05))
+    pending = [(up, t) for up in _UPLOADERS.values() for t in up.pending_tasks()]
+    if pending:
+        roots = sorted({str(up.root) for up, _ in pending})
+        logger.warning("{} archive(s) not yet stored stay in the spool ({}); the next start or "
+                       "`telewire archive flush` uploads them", len(pending), ", ".join(roots))
+    return len(pending)
+
+
+def find_archive(stream_id: str) -> ArchiveRecord | None:
+    """The latest record of the archive of call ``stream_id`` in this process, if any."""
+    for up in _UPLOADERS.values():
+        for record in reversed(up.records):
+            if record.stream_id == stream_id:
+                return record
+    return None
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+class ArchiveReader:
+    """A finished archive on local disk, read for replay and inspection.
+
+    Use :meth:`fetch` to get one from a folder or a store URL.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            self.manifest = read_json(folder / MANIFEST)
+        except (OSError, ValueError) as exc:
+            raise TelewireError(f"{folder}: not a telewire archive (no readable {MANIFEST}: "
+                                f"{exc})") from None
+        fmt = self.manifest["media_format"]
+        self.codec, self.sample_rate = fmt["codec"], fmt["sample_rate"]
+        self.bytes_per_ms = self.sample_rate * len(SILENCE[self.codec]) / 1000.0
+
+    @classmethod
+    async def fetch(cls, ref: str, workdir: Path) -> "ArchiveReader":
+        """Open the archive at ``ref``: a local folder, or a store URL of the archive's prefix
+        (``file://…/<stream id>`` or ``s3://bucket/…/<stream id>``), downloaded to ``workdir``.
+
+        Raises:
+            TelewireError: not an archive, or the store failed (``StoreError``).
+        """
+        if "://" not in ref:
+            return cls(Path(ref))
+        store = open_store(ref.rstrip("/"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVE_FILES:
+            await store.get_file(name, workdir / name)
+        return cls(workdir)
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """The turns of ``transcript.json``."""
+        return read_json(self.folder / TRANSCRIPT).get("turns", [])
+
+    def caller_turn_starts(self) -> list[float]:
+        """Where each caller turn starts (ms), for ``replay --turn``.
+
+        The caller turns of the transcript; when the model gave no caller transcripts, turn 1
+        starts at 0 and each next one where an agent turn ended.
+        """
+        turns = self.transcript()
+        starts = [t["start_ms"] for t in turns if t["role"] == "caller"]
+        if starts:
+            return starts
+        return [0.0] + sorted({t["end_ms"] for t in turns if t["role"] == "agent"})
+
+    def caller_audio(self, from_ms: float = 0.0) -> bytes:
+        """The caller channel from ``from_ms`` to the end of the caller's audio (the archive's
+        ``caller_bytes``; the rest of the channel is padding)."""
+        width = len(SILENCE[self.codec])
+        start = int(from_ms * self.bytes_per_ms) // width * width
+        length = max(0, int(self.manifest["caller_bytes"]) - start)
+        return read_wav_channel(self.folder / WAV, 0, start=start, length=length)
+
+    def dtmf(self, from_ms: float = 0.0) -> list[tuple[float, str]]:
+        """Keypad digits the caller pressed at or after ``from_ms``, as ``(ms, digit)`` relative
+        to ``from_ms`` (including the digit that interrupted the agent)."""
+        out = []
+        for event in iter_events(self.folder / EVENTS):
+            t = float(event.get("t", 0.0))
+            if t < from_ms:
+                continue
+            if event.get("kind") == "dtmf":
+                out.append((t - from_ms, event["digit"]))
+            elif event.get("kind") == "interrupt" and event.get("source") == "dtmf":
+                reason = str(event.get("reason", ""))
+                if reason.startswith("digit ") and len(reason) == 7:
+                    out.append((t - from_ms, reason[-1]))
+        return out

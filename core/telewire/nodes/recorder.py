@@ -1,0 +1,343 @@
+"""The ``recorder`` node: archives every call's audio, transcript and event log when it ends.
+
+Depends on ``telewire.nodes.base``, ``telewire.frames``, ``telewire.timeline``, ``telewire.archive``
+and ``telewire.stores``.
+
+It has no ports: it observes every frame leaving every port of the graph (``observes_all``).
+Caller audio (frames leaving a ``carrier_in`` node's ``audio`` port) is written to the left
+track at the carrier's timestamps; agent audio (frames on any port wired to a ``carrier_out``
+node's ``audio_in``) to the right track where :class:`~telewire.timeline.AgentPlayout` says the
+carrier played it; interrupts wired to ``carrier_out.interrupt_in`` cut it; ``played`` marks
+confirm it. Everything is also appended to the event log as it happens. Memory per call is a few
+write buffers, whatever the call's length; on ``EndFrame`` the archive is assembled on disk and
+uploaded in the background by the spool's :class:`~telewire.archive.Uploader`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import IO, Any, ClassVar, Mapping
+
+from pydantic import Field, field_validator
+
+from telewire.archive import (
+    AGENT_TRACK,
+    CALL_META,
+    CALLER_TRACK,
+    EVENTS,
+    SILENCE,
+    TrackFile,
+    Uploader,
+    write_json,
+    archive_key,
+    uploader_for,
+)
+from telewire.errors import ConfigError
+from telewire.frames import (
+    AudioFrame,
+    EndFrame,
+    Frame,
+    InterruptFrame,
+    MarkFrame,
+    MediaFormat,
+    StartFrame,
+    TranscriptFrame,
+    bytes_per_ms,
+)
+from telewire.nodes.base import Node, NodeConfig
+from telewire.stores import open_store, safe_segment
+from telewire.timeline import AgentPlayout, CallerClock, TranscriptBuilder
+
+__all__ = ["Recorder", "RecorderConfig"]
+
+
+class RecorderConfig(NodeConfig):
+    """``[nodes.recorder.config]``.
+
+    Attributes:
+        store: where archives go: ``file://PATH`` or ``s3://bucket/prefix`` (or any scheme a
+            ``telewire.stores`` plugin adds). Relative paths are taken from the working
+            directory when the graph is loaded.
+        spool_dir: local folder where calls are recorded and archives wait until the store has
+            them (kept across restarts; ``telewire archive status|flush`` read it).
+        events: write the event log (``events.jsonl``); off leaves the WAV and transcript.
+        max_gap_ms: a caller timestamp further ahead than this is not believed and the audio is
+            placed in arrival order (a broken clock would otherwise mean gigabytes of silence).
+        buffer_bytes: write buffer of each spool file (three per call).
+        retry_initial_s: first wait before retrying a failed upload; doubles each time.
+        retry_max_s: longest wait between upload retries.
+    """
+
+    store: str = "file://./recordings"
+    spool_dir: str = "./telewire-spool"
+    events: bool = True
+    max_gap_ms: int = Field(default=600_000, gt=0)
+    buffer_bytes: int = Field(default=32_768, ge=4096)
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        try:
+            store = open_store(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if store.scheme == "file":  # pin relative folders to where the graph was loaded
+            return "file://" + str(store.root)  # type: ignore[attr-defined]
+        return v
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must name a folder")
+        return str(Path(v).expanduser().resolve())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, MediaFormat):
+        return {"codec": value.codec, "sample_rate": value.sample_rate,
+                "channels": value.channels}
+    return value
+
+
+def frame_record(frame: Frame) -> dict[str, Any]:
+    """A frame as a JSON-able dict: ``kind`` plus its fields (bytes payloads as base64, flagged
+    by ``"payload_encoding": "base64"``)."""
+    out: dict[str, Any] = {"kind": frame.kind}
+    for f in fields(frame):  # type: ignore[arg-type]
+        out[f.name] = _jsonable(getattr(frame, f.name))
+    if isinstance(frame, AudioFrame) and isinstance(frame.payload, bytes):
+        out["payload_encoding"] = "base64"
+    return out
+
+
+class Recorder(Node):
+    """Archives each call (see the module docstring). One instance per call."""
+
+    inputs: ClassVar = {}
+    outputs: ClassVar = {}
+    Config: ClassVar = RecorderConfig
+    observes_all: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: RecorderConfig, call: Any) -> None:
+        super().__init__(name, config, call)
+        self.uploader: Uploader = uploader_for(config.spool_dir,
+                                               retry_initial_s=config.retry_initial_s,
+                                               retry_max_s=config.retry_max_s)
+        self.partial: Path | None = None
+        self.archive_id: str | None = None
+        self.ready: Path | None = None
+        self._caller_ports, self._agent_ports, self._clear_ports, self._played_ports = \
+            self._classify(call)
+        self._open = False
+        self._events: IO[str] | None = None
+        self._seq = 0
+        self._json_cache: dict[str | None, str] = {}
+
+    @staticmethod
+    def _classify(call: Any) -> tuple[set[tuple[str, str]], set[tuple[str, str]],
+                                      set[tuple[str, str]], set[tuple[str, str]]]:
+        """Which ports carry caller audio, agent audio headed for the carrier, clears and
+        played marks (from the graph's node types and edges)."""
+        from telewire.nodes.carrier_in import CarrierIn
+        from telewire.nodes.carrier_out import CarrierOut
+
+        graph = getattr(call, "graph", None)
+        if graph is None:
+            return set(), set(), set(), set()
+        ins = graph.nodes_of_type(CarrierIn)
+        outs = set(graph.nodes_of_type(CarrierOut))
+        caller = {(n, "audio") for n in ins}
+        agent = {(e.src, e.src_port) for e in graph.edges
+                 if e.dst in outs and e.dst_port == "audio_in"}
+        clear = {(e.src, e.src_port) for e in graph.edges
+                 if e.dst in outs and e.dst_port == "interrupt_in"}
+        played = {(n, "played") for n in outs}
+        return caller, agent, clear, played
+
+    # --------------------------------------------------------------------------- start
+
+    async def on_call_start(self, frame: StartFrame) -> None:
+        cfg = self.config
+        self.uploader.resume()
+        fmt = frame.media_format
+        self._codec, self._rate = fmt.codec, fmt.sample_rate
+        self._bpm = bytes_per_ms(fmt.codec, fmt.sample_rate)
+        self._bpm_int = int(self._bpm) if self._bpm == int(self._bpm) else 0
+        started = time.time()
+        self.archive_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-"
+                           + safe_segment(frame.stream_id, max_len=64) + "-"
+                           + uuid.uuid4().hex[:6])
+        self.partial = self.uploader.new_partial(self.archive_id)
+        meta = {
+            "archive_id": self.archive_id, "carrier": frame.carrier,
+            "stream_id": frame.stream_id, "call_id": frame.call_id,
+            "account_id": frame.account_id,
+            "custom_parameters": dict(frame.custom_parameters),
+            "media_format": _jsonable(fmt), "tracks": list(frame.tracks),
+            "started_at": started, "store": cfg.store, "pid": os.getpid(),
+            "host": socket.gethostname(), "recorder": self.name,
+        }
+        meta["key"] = archive_key(meta)
+        write_json(self.partial / CALL_META, meta)
+        silence = SILENCE[fmt.codec]
+        self._caller = TrackFile(self.partial / CALLER_TRACK, silence, cfg.buffer_bytes)
+        self._agent = TrackFile(self.partial / AGENT_TRACK, silence, cfg.buffer_bytes)
+        if cfg.events:
+            self._events = (self.partial / EVENTS).open("w", encoding="utf-8",
+                                                        buffering=cfg.buffer_bytes)
+        self.clock = CallerClock(self._bpm, cfg.max_gap_ms)
+        self.playout = AgentPlayout()
+        self.turns = TranscriptBuilder()
+        self.not_in_wav = 0
+        self.frames_seen = 0
+        self._open = True
+        self._write({"t": 0.0, "src": "call.start", **frame_record(frame)})
+
+    # --------------------------------------------------------------------------- frames
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._events is not None:
+            self._seq += 1
+            record["seq"] = self._seq
+            self._events.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            self._events.write("\n")
+
+    def observe(self, node: str, port: str, frame: Frame) -> None:
+        if not self._open:
+            return
+        self.frames_seen += 1
+        key = (node, port)
+        kind = type(frame)
+        if kind is AudioFrame:
+            self._audio(key, frame)  # type: ignore[arg-type]
+            return
+        t = round(self.clock.end / self._bpm, 1)
+        record: dict[str, Any] = {"t": t, "src": f"{node}.{port}", **frame_record(frame)}
+        if kind is InterruptFrame and key in self._clear_ports:
+            cut = self.playout.clear(self.clock.end)
+            if cut is not None:
+                self._agent.truncate(cut.at)
+                record["cut_ms"] = round(cut.at / self._bpm, 1)
+                record["discarded_ms"] = round(cut.discarded / self._bpm, 1)
+                self.turns.cut(cut.at / self._bpm)
+        elif kind is MarkFrame and key in self._played_ports:
+            ack = self.playout.played(self.clock.end)
+            if ack is not None:
+                record["acked_item"] = ack.item_id
+                record["ack_lag_ms"] = round(ack.lag / self._bpm, 1)
+                self.turns.played(ack.item_id)
+        elif kind is TranscriptFrame:
+            self.turns.transcript(frame.role, frame.text, frame.item_id,  # type: ignore[attr-defined]
+                                  frame.final, t)  # type: ignore[attr-defined]
+        self._write(record)
+
+    def _audio(self, key: tuple[str, str], frame: AudioFrame) -> None:
+        now = self.clock.end
+        channel = None
+        at: int | None = None
+        same_format = frame.codec == self._codec and frame.sample_rate == self._rate
+        if key in self._caller_ports:
+            channel = "caller"
+            if same_format:
+                data = frame.data
+                at = self.clock.place(frame.timestamp_ms, len(data))
+                self._caller.write_at(at, data)
+        elif key in self._agent_ports:
+            channel = "agent"
+            if same_format:
+                data = frame.data
+                at = self.playout.audio(self.clock.end, len(data), frame.item_id)
+                self._agent.write_at(at, data)
+                self.turns.agent_audio(frame.item_id, at / self._bpm,
+                                       (at + len(data)) / self._bpm)
+        if channel is not None and at is None:
+            self.not_in_wav += 1
+        if self._events is None:
+            return
+        # the hot path: one line per audio frame, built without a dict (payload is base64 text)
+        self._seq += 1
+        extra = ""
+        ms = self._ms
+        if at is not None:
+            extra = f',"at_ms":{ms(at)},"end_ms":{ms(at + len(data))}'
+        js = self._json_str
+        self._events.write(
+            f'{{"t":{ms(now)},"src":"{key[0]}.{key[1]}","kind":"audio","channel":{js(channel)},'
+            f'"payload":"{frame.b64}","payload_encoding":"base64","codec":"{frame.codec}",'
+            f'"sample_rate":{frame.sample_rate},"timestamp_ms":{_num(frame.timestamp_ms)},'
+            f'"sequence":{_num(frame.sequence)},"track":{js(frame.track)},'
+            f'"item_id":{js(frame.item_id)}{extra},"seq":{self._seq}}}\n')
+
+    def _ms(self, nbytes: int) -> str:
+        """A timeline offset in bytes as milliseconds for JSON (integer when exact)."""
+        step = self._bpm_int
+        if step:
+            q, r = divmod(nbytes, step)
+            if not r:
+                return str(q)
+        return repr(round(nbytes / self._bpm, 1))
+
+    def _json_str(self, value: str | None) -> str:
+        """``value`` as JSON, memoised (a call has a handful of distinct track and item ids)."""
+        cache = self._json_cache
+        out = cache.get(value)
+        if out is None:
+            out = json.dumps(value, ensure_ascii=False)
+            if len(cache) < 4096:
+                cache[value] = out
+        return out
+
+    # --------------------------------------------------------------------------- end
+
+    async def on_call_end(self, frame: EndFrame) -> None:
+        if not self._open or self.partial is None:
+            return
+        self._open = False
+        t = round(self.clock.end / self._bpm, 1)
+        try:
+            self._write({"t": t, "src": "call.end", **frame_record(frame)})
+        finally:
+            for closer in (self._caller.close, self._agent.close,
+                           self._events.close if self._events is not None else None):
+                if closer is not None:
+                    try:
+                        closer()
+                    except OSError as exc:
+                        self.call.log.error("recorder: closing a spool file failed: {}", exc)
+        counters = {
+            "frames_seen": self.frames_seen,
+            "caller_frames": self.clock.frames, "caller_overlaps": self.clock.overlaps,
+            "caller_jumps": self.clock.jumps, "caller_untimed": self.clock.untimed,
+            "agent_frames": self.playout.frames, "agent_cuts": self.playout.cuts,
+            "agent_cut_ms": round(self.playout.cut_bytes / self._bpm, 1),
+            "marks_acknowledged": self.playout.acks,
+            "frames_not_in_wav": self.not_in_wav,
+        }
+        try:
+            self.ready = await self.uploader.complete(
+                self.partial, end_reason=frame.reason, end_detail=frame.detail,
+                builder=self.turns, counters=counters)
+        except Exception as exc:  # the spool keeps the partial: the next start recovers it
+            self.call.log.exception("recorder: could not assemble the archive in {}: {}",
+                                    self.partial, exc)
+
+
+def _num(value: int | None) -> str:
+    return "null" if value is None else str(int(value))

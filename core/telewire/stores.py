@@ -1,0 +1,327 @@
+"""Where archives go: the store plugin point (entry points ``telewire.stores``), ``file`` and ``s3``.
+
+Depends on ``telewire.errors``, ``stevedore`` and, for ``s3`` only, ``aiobotocore`` (imported lazily).
+
+A store is chosen by URL; the scheme names an entry point in group ``telewire.stores`` whose
+value is a :class:`Store` subclass::
+
+    file://./recordings                  a local folder (relative to the working directory)
+    file:///var/lib/telewire/recordings  an absolute folder
+    s3://bucket/prefix                   S3 or any S3-compatible server; query parameters
+                                         endpoint_url=, region= override the AWS environment
+
+Keys are ``/``-separated relative paths. Parts that come from the carrier (call and stream ids)
+go through :func:`safe_segment` first, so an id such as ``../../etc`` never leaves the prefix;
+each store refuses a key with an empty, ``.`` or ``..`` segment as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from loguru import logger
+from stevedore import ExtensionManager
+
+from telewire.errors import ConfigError, TelewireError
+
+__all__ = [
+    "STORE_GROUP",
+    "FileStore",
+    "S3Store",
+    "Store",
+    "StoreError",
+    "check_key",
+    "open_store",
+    "safe_segment",
+    "store_classes",
+]
+
+STORE_GROUP = "telewire.stores"
+#: S3 multipart part size (the S3 minimum for every part but the last).
+PART_SIZE = 5 * 1024 * 1024
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+class StoreError(TelewireError):
+    """The storage backend refused or failed an operation (network down, bucket missing,
+    permission denied). The message names the object's URL and what went wrong."""
+
+
+def safe_segment(value: str, *, default: str = "_", max_len: int = 96) -> str:
+    """``value`` as one safe key segment: letters, digits, ``_ . -`` only, no leading dot.
+
+    Any other character becomes ``_``; a leading ``.`` becomes ``_`` (so ``.`` and ``..`` cannot
+    occur); the result is cut to ``max_len`` characters; an empty result is ``default``.
+    """
+    cleaned = _UNSAFE.sub("_", value)[:max_len]
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]
+    return cleaned or default
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` when every ``/``-separated segment is non-empty and not ``.``/``..``.
+
+    Raises:
+        StoreError: naming the key and the bad segment.
+    """
+    for part in key.split("/"):
+        if part in ("", ".", "..") or "\\" in part or "\x00" in part:
+            raise StoreError(f"refusing object key {key!r}: segment {part!r} is not allowed")
+    return key
+
+
+class Store(ABC):
+    """A place archives are written to. Subclasses are registered under their URL scheme.
+
+    Args:
+        url: the store URL (``scheme://…``).
+
+    Raises:
+        ConfigError: the URL is malformed for this store (raised by the constructor, so a bad
+            store fails when the graph loads, not when the first call ends).
+    """
+
+    scheme: ClassVar[str] = ""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    def location(self, key: str) -> str:
+        """The URL (or path) the object ``key`` has in this store."""
+
+    @abstractmethod
+    async def put_file(self, key: str, path: Path) -> str:
+        """Upload the file at ``path`` as ``key``, streaming it; returns its :meth:`location`.
+
+        Overwrites an existing object (retries are idempotent).
+
+        Raises:
+            StoreError: the backend failed; nothing is assumed stored.
+        """
+
+    @abstractmethod
+    async def get_file(self, key: str, dest: Path) -> Path:
+        """Download ``key`` to ``dest``, streaming it; returns ``dest``.
+
+        Raises:
+            StoreError: the object is missing or the backend failed.
+        """
+
+
+class FileStore(Store):
+    """A local folder: ``file://PATH``. Writes go to a temporary name, then are renamed."""
+
+    scheme = "file"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        if not url.startswith("file://"):
+            raise ConfigError(f"store {url!r}: a file store URL starts with file://")
+        raw = url[len("file://"):].split("?", 1)[0]
+        if not raw:
+            raise ConfigError(f"store {url!r}: no folder after file://")
+        self.root = Path(raw).expanduser().resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise StoreError(f"refusing object key {key!r}: it leaves {self.root}")
+        return path
+
+    def location(self, key: str) -> str:
+        return str(self.root / key)
+
+    async def put_file(self, key: str, path: Path) -> str:
+        dest = self._path(key)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+
+        def copy() -> None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        try:
+            await asyncio.to_thread(copy)
+        except OSError as exc:
+            raise StoreError(f"file://{dest}: cannot write: {exc.strerror or exc}") from None
+        return str(dest)
+
+    async def get_file(self, key: str, dest: Path) -> Path:
+        src = self._path(key)
+        try:
+            await asyncio.to_thread(shutil.copyfile, src, dest)
+        except OSError as exc:
+            raise StoreError(f"file://{src}: cannot read: {exc.strerror or exc}") from None
+        return dest
+
+
+class S3Store(Store):
+    """S3 or an S3-compatible server: ``s3://bucket/prefix[?endpoint_url=…&region=…]``.
+
+    Credentials, region and endpoint come from the usual AWS environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``,
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``); ``endpoint_url`` and ``region`` in the
+    query override them. Objects larger than one part go up as a multipart upload of 5 MB parts
+    read from the file one at a time (memory per upload: one part); a failed multipart upload is
+    aborted so no orphan parts are left behind when the server is reachable.
+    """
+
+    scheme = "s3"
+
+    def __init__(self, url: str, *, part_size: int = PART_SIZE) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigError(f"store {url!r}: expected s3://bucket/prefix")
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        if self.prefix:
+            try:
+                check_key(self.prefix)
+            except StoreError as exc:
+                raise ConfigError(f"store {url!r}: bad prefix: {exc}") from None
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint_url", "region"}
+        if unknown:
+            raise ConfigError(f"store {url!r}: unknown query parameters {sorted(unknown)}; "
+                              "known: endpoint_url, region")
+        self.endpoint_url = query.get("endpoint_url")
+        self.region = query.get("region")
+        if part_size < PART_SIZE:
+            raise ConfigError(f"S3 parts must be at least {PART_SIZE} bytes, not {part_size}")
+        self.part_size = part_size
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _client(self) -> Any:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        config = AioConfig(retries={"max_attempts": 2, "mode": "standard"},
+                           connect_timeout=10, read_timeout=60)
+        return get_session().create_client("s3", endpoint_url=self.endpoint_url,
+                                           region_name=self.region, config=config)
+
+    async def put_file(self, key: str, path: Path) -> str:
+        full = self._key(key)
+        where = f"s3://{self.bucket}/{full}"
+        try:
+            size = path.stat().st_size
+            async with self._client() as s3:
+                if size <= self.part_size:
+                    body = await asyncio.to_thread(path.read_bytes)
+                    await s3.put_object(Bucket=self.bucket, Key=full, Body=body)
+                else:
+                    await self._multipart(s3, full, path)
+        except StoreError:
+            raise
+        except Exception as exc:  # botocore, aiohttp and OS errors all mean "not stored"
+            raise StoreError(f"{where}: upload failed: {_describe(exc)}") from None
+        return where
+
+    async def _multipart(self, s3: Any, full: str, path: Path) -> None:
+        created = await s3.create_multipart_upload(Bucket=self.bucket, Key=full)
+        upload_id = created["UploadId"]
+        try:
+            done = []
+            with path.open("rb") as f:
+                number = 1
+                while True:
+                    chunk = await asyncio.to_thread(f.read, self.part_size)
+                    if not chunk:
+                        break
+                    r = await s3.upload_part(Bucket=self.bucket, Key=full, PartNumber=number,
+                                             UploadId=upload_id, Body=chunk)
+                    done.append({"PartNumber": number, "ETag": r["ETag"]})
+                    number += 1
+                    del chunk
+            await s3.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                               MultipartUpload={"Parts": done})
+        except BaseException:
+            try:
+                await asyncio.shield(s3.abort_multipart_upload(Bucket=self.bucket, Key=full,
+                                                               UploadId=upload_id))
+            except Exception as exc:
+                logger.warning("s3://{}/{}: could not abort multipart upload {}: {}",
+                               self.bucket, full, upload_id, _describe(exc))
+            raise
+
+    async def get_file(self, key: str, dest: Path) -> Path:
+        full = self._key(key)
+        try:
+            async with self._client() as s3:
+                r = await s3.get_object(Bucket=self.bucket, Key=full)
+                with dest.open("wb") as f:
+                    async with r["Body"] as body:
+                        while chunk := await body.read(1 << 20):
+                            f.write(chunk)
+        except Exception as exc:
+            raise StoreError(f"s3://{self.bucket}/{full}: download failed: "
+                             f"{_describe(exc)}") from None
+        return dest
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+
+
+def store_classes() -> dict[str, type[Store]]:
+    """Every store type, by scheme: entry points in ``telewire.stores`` (a plugin that fails to
+    load is logged by name and skipped). The built-in ``file`` and ``s3`` come through the
+    same door, as entry points of the ``telewire`` distribution."""
+    found: dict[str, type[Store]] = {}
+
+    def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
+        logger.error("store plugin {!r} ({}) failed to load: {}: {}", ep.name, ep.value,
+                     type(err).__name__, err)
+
+    mgr = ExtensionManager(namespace=STORE_GROUP, invoke_on_load=False,
+                           on_load_failure_callback=on_failure)
+    for ext in mgr.extensions:
+        cls = ext.plugin
+        if isinstance(cls, type) and issubclass(cls, Store):
+            found[ext.name] = cls
+        else:
+            logger.error("store plugin {!r}: {} is not a telewire.stores.Store subclass",
+                         ext.name, ext.entry_point.value)
+    return found
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``, chosen by its scheme.
+
+    Raises:
+        ConfigError: no scheme, an unknown scheme (naming the installed ones), or a URL the
+            store rejects.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme:
+        raise ConfigError(f"store {url!r}: expected SCHEME://…, for example file://./recordings "
+                          "or s3://bucket/prefix")
+    classes = store_classes()
+    cls = classes.get(scheme)
+    if cls is None:
+        raise ConfigError(f"store {url!r}: no store for scheme {scheme!r}; installed: "
+                          f"{', '.join(sorted(classes))}")
+    return cls(url)

@@ -1,0 +1,147 @@
+"""The recorder node over real loopback sockets: the 60-second bar, drops, cuts, hostile ids."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from recorder.kit import recorder_graph
+from websockets.asyncio.client import connect
+
+from telewire.archive import find_archive, iter_events, read_wav_channel, wav_info
+from telewire.errors import GraphError
+from telewire.testing.simulator import CallSimulator
+
+AUDIO = bytes(range(256)) * 25  # 800 ms, every byte value
+
+
+def url(srv) -> str:
+    return f"ws://127.0.0.1:{srv.port}/media/twilio"
+
+
+def stored(stream_sid: str) -> dict[str, Path]:
+    record = find_archive(stream_sid)
+    assert record is not None and record.status == "stored", record
+    return {name: Path(p) for name, p in record.locations.items()}
+
+
+async def test_sixty_second_call_caller_channel_is_byte_identical_and_length_matches(rec_server):
+    srv = await rec_server()
+    audio = bytes((i * 7 + i // 160) & 0xFF for i in range(60 * 8000))  # 60 s of mu-law
+    result = await CallSimulator(url(srv), pace=10, expect_echo=True).run(audio)
+    assert result.received_audio == audio
+    await srv.stop(drain_timeout_s=5)
+    files = stored(result.stream_sid)
+    info = wav_info(files["call.wav"])
+    assert (info.codec, info.channels, info.sample_rate) == ("pcmu", 2, 8000)
+    caller = read_wav_channel(files["call.wav"], 0)
+    assert caller[:len(audio)] == audio
+    assert set(caller[len(audio):]) <= {0xFF}  # only padding to the agent's end
+    wav_ms = info.data_len / 2 / 8
+    assert abs(wav_ms - 60_000) <= 40, wav_ms
+    agent = read_wav_channel(files["call.wav"], 1)
+    assert audio in agent  # the echo, whole, once its playout started
+    manifest = json.loads(files["manifest.json"].read_text())
+    assert manifest["caller_bytes"] == len(audio) and manifest["end_reason"] == "carrier_stop"
+    kinds = {}
+    for e in iter_events(files["events.jsonl"]):
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    assert kinds["start"] == kinds["end"] == 1 and kinds["audio"] == 6000
+    transcript = json.loads(files["transcript.json"].read_text())
+    assert [t["role"] for t in transcript["turns"]] == ["agent"]
+
+
+async def test_event_log_keeps_wire_payloads_and_media_times(rec_server):
+    srv = await rec_server()
+    result = await CallSimulator(url(srv), pace=0, expect_echo=True).run(AUDIO)
+    await srv.stop(drain_timeout_s=5)
+    caller = [e for e in iter_events(stored(result.stream_sid)["events.jsonl"])
+              if e.get("channel") == "caller"]
+    assert [e["timestamp_ms"] for e in caller] == list(range(0, 800, 20))
+    assert [e["at_ms"] for e in caller] == [float(t) for t in range(0, 800, 20)]
+    assert b"".join(base64.b64decode(e["payload"]) for e in caller) == AUDIO
+    assert caller[0]["src"] == "tel_in.audio"
+
+
+async def test_call_dropped_without_stop_is_archived(rec_server):
+    srv = await rec_server()
+    sim = CallSimulator(url(srv), pace=0, expect_echo=True, hang_up=False)
+    result = await sim.run(AUDIO)
+    for _ in range(200):
+        if find_archive(result.stream_sid) is not None:
+            break
+        await asyncio.sleep(0.02)
+    files = stored(result.stream_sid)
+    manifest = json.loads(files["manifest.json"].read_text())
+    assert manifest["end_reason"] == "socket_closed"
+    assert read_wav_channel(files["call.wav"], 0)[:len(AUDIO)] == AUDIO
+
+
+async def test_dtmf_interrupt_cuts_the_agent_channel_where_the_clear_went(rec_server):
+    srv = await rec_server()
+    sid = "MZcut"
+
+    def media(i: int, byte: int) -> str:
+        return json.dumps({"event": "media", "streamSid": sid, "media": {
+            "timestamp": str(i * 20), "payload": base64.b64encode(bytes([byte]) * 160).decode()}})
+
+    async with connect(url(srv)) as ws:
+        await ws.send(json.dumps({
+            "event": "start", "streamSid": sid, "start": {
+                "streamSid": sid, "callSid": "CAcut", "tracks": ["inbound"],
+                "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw",
+                                                        "sampleRate": 8000, "channels": 1}}}))
+        for i in range(5):
+            await ws.send(media(i, i + 1))
+        received = 0
+        while received < 5:
+            received += json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "media"
+        for i in range(5, 8):  # the caller goes on: media time reaches 160 ms
+            await ws.send(media(i, 0x7E))
+        await ws.send(json.dumps({"event": "dtmf", "streamSid": sid,
+                                  "dtmf": {"track": "inbound_track", "digit": "*"}}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] != "clear":
+            pass  # echoes and playback marks come first
+        await ws.send(json.dumps({"event": "stop", "streamSid": sid, "stop": {}}))
+    await srv.stop(drain_timeout_s=5)
+    files = stored(sid)
+    events = list(iter_events(files["events.jsonl"]))
+    (cut,) = [e for e in events if e["kind"] == "interrupt" and e["src"] == "tel_in.interrupt"]
+    assert cut["source"] == "dtmf" and cut["cut_ms"] == 160.0 and cut["discarded_ms"] > 0
+    expected = bytearray()
+    for e in events:  # the agent track as placed, then cut at the clear
+        if e.get("channel") == "agent":
+            at = int(e["at_ms"] * 8)
+            expected += b"\xff" * (at - len(expected))
+            expected[at:at + 160] = base64.b64decode(e["payload"])
+    del expected[int(cut["cut_ms"] * 8):]
+    agent = read_wav_channel(files["call.wav"], 1)
+    assert agent[:len(expected)] == bytes(expected) and set(agent[len(expected):]) <= {0xFF}
+    turns = json.loads(files["transcript.json"].read_text())["turns"]
+    assert turns[0]["role"] == "agent" and turns[0]["interrupted"]
+    assert turns[0]["end_ms"] == 160.0
+    manifest = json.loads(files["manifest.json"].read_text())
+    assert manifest["counters"]["agent_cuts"] == 1
+
+
+async def test_hostile_ids_never_leave_the_store_folder(rec_server, dirs):
+    srv = await rec_server()
+    sim = CallSimulator(url(srv), pace=0, expect_echo=True, stream_sid="../../../escape",
+                        call_sid="..\\..//x\x00")
+    result = await sim.run(AUDIO[:1600])
+    await srv.stop(drain_timeout_s=5)
+    files = stored(result.stream_sid)
+    store = dirs[0].resolve()
+    for path in files.values():
+        assert path.resolve().is_relative_to(store), path
+    assert not (dirs[0].parent / "escape").exists()
+    assert sorted(p.name for p in files["call.wav"].parent.iterdir()) == [
+        "call.wav", "events.jsonl", "manifest.json", "transcript.json"]
+
+
+def test_unknown_store_scheme_fails_when_the_graph_loads(tmp_path):
+    with pytest.raises(GraphError, match=r"recorder.config.store: .*no store for scheme 'ftp'"):
+        recorder_graph("ftp://somewhere", tmp_path / "spool")
