@@ -97,8 +97,8 @@ class Carrier:
         self.name = name
         self.distribution = distribution
         self.version = version
-        self._parse = hook.telewire_parse_inbound
-        self._wrap = hook.telewire_wrap_audio
+        self._parse = _direct(hook.telewire_parse_inbound, ("call", "message"))
+        self._wrap = _direct(hook.telewire_wrap_audio, ("call", "frame"))
         self._mark = hook.telewire_build_mark
         self._clear = hook.telewire_build_clear
         self._answer = hook.telewire_answer_document
@@ -143,7 +143,7 @@ class Carrier:
     def parse_inbound(self, call: CallContext, message: str | bytes) -> Sequence[Frame]:
         """Parse one inbound message (see ``telewire_parse_inbound``)."""
         try:
-            frames = self._parse(call=call, message=message)
+            frames = self._parse(call, message)
         except (CarrierError, PluginError):
             raise
         except Exception as exc:
@@ -159,7 +159,7 @@ class Carrier:
     def wrap_audio(self, call: CallContext, frame: AudioFrame) -> str | bytes:
         """Wrap agent audio (see ``telewire_wrap_audio``)."""
         try:
-            out = self._wrap(call=call, frame=frame)
+            out = self._wrap(call, frame)
         except Exception as exc:
             raise PluginError(
                 f"carrier {self.name!r}: hook telewire_wrap_audio raised "
@@ -209,6 +209,25 @@ class Carrier:
     def settings_model(self) -> type[BaseSettings] | None:
         """The carrier's pydantic-settings model, when it has one."""
         return self._call("telewire_carrier_settings", self._settings)
+
+
+def _direct(caller: Any, names: tuple[str, ...]) -> Any:
+    """A positional callable for a per-frame hook (``names`` in hookspec order).
+
+    These hooks run 50+ times a second per call and direction. When exactly one plain
+    implementation answers (the carrier's own, validated by pluggy at registration) it is
+    called directly, skipping pluggy's generic multi-call loop; otherwise (wrappers, several
+    implementations) pluggy calls it as usual.
+    """
+    impls = caller.get_hookimpls()
+    if len(impls) == 1 and not impls[0].hookwrapper and not getattr(impls[0], "wrapper", False):
+        fn = impls[0].function
+        argnames = tuple(impls[0].argnames)
+        if argnames == names:
+            return fn
+        picks = [names.index(a) for a in argnames]
+        return lambda *args: fn(*[args[i] for i in picks])
+    return lambda *args: caller(**dict(zip(names, args)))
 
 
 class CarrierRegistry:
