@@ -4,7 +4,6 @@ the simulated Twilio call <-> `TelewireServer` <-> the fake realtime server in t
 from __future__ import annotations
 
 import asyncio
-import base64
 from unittest import mock
 
 import aiohttp
@@ -26,6 +25,7 @@ def silence(ms: int) -> bytes:
 
 
 async def serve(fake: FakeRealtimeServer, *overrides: str) -> TelewireServer:
+    """telewire on the default graph with the openai provider pointed at ``fake``."""
     srv = TelewireServer(
         load_settings(host="127.0.0.1", port=0),
         load_graph(None, ["rt.config.provider=openai", f"rt.config.url={fake.url}",

@@ -5,37 +5,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 
 import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from telewire.graph import load_graph
 from telewire.registry import CarrierRegistry
 from telewire.server import TelewireServer
 from telewire.settings import load_settings
-from telewire.testing.simulator import CallSimulator, twilio_signature
+from telewire.testing.simulator import CallSimulator
 
 AUDIO = bytes(range(256)) * 25  # 6400 bytes = 40 frames, every byte value
 
 
 @pytest.fixture
-async def server(monkeypatch):
+def server(monkeypatch, telewire_server):
     monkeypatch.delenv("TELEWIRE_TWILIO_AUTH_TOKEN", raising=False)
-    servers = []
-
-    async def make(*overrides: str, **settings):
-        srv = TelewireServer(load_settings(host="127.0.0.1", port=0, **settings),
-                             load_graph(None, overrides), CarrierRegistry())
-        await srv.start()
-        servers.append(srv)
-        return srv
-
-    yield make
-    for srv in servers:
-        await srv.stop(drain_timeout_s=1)
+    return telewire_server
 
 
 def url(srv: TelewireServer) -> str:

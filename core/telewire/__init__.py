@@ -40,6 +40,7 @@ from telewire.frames import (
     UsageFrame,
 )
 from telewire.hookspecs import hookimpl
+from telewire.settings import read_settings
 
 __version__ = "0.1.0"
 
@@ -76,4 +77,5 @@ __all__ = [
     "compile_envelope",
     "hookimpl",
     "load_envelope_file",
+    "read_settings",
 ]

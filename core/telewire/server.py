@@ -18,7 +18,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import WSMsgType, web
@@ -180,14 +180,23 @@ class TelewireServer:
             "carriers": self.registry.names(),
         }, status=503 if self.draining else 200)
 
+    async def _signed(self, carrier: Any, request: web.Request, what: str,
+                      purpose: Literal["webhook", "websocket"] = "webhook"
+                      ) -> HttpRequest | web.Response:
+        """The request as carrier hooks see it, or a 403 when its signature does not check out."""
+        req = await self._http_request(request, websocket=purpose == "websocket")
+        try:
+            carrier.authenticate(req, purpose)
+        except AuthenticationError as exc:
+            logger.warning("{} for {} refused: {}", what, carrier.name, exc)
+            return web.Response(status=403, text="signature check failed\n")
+        return req
+
     async def answer(self, request: web.Request) -> web.Response:
         carrier = self._carrier(request)
-        req = await self._http_request(request, websocket=False)
-        try:
-            carrier.authenticate(req, "webhook")
-        except AuthenticationError as exc:
-            logger.warning("answer webhook for {} refused: {}", carrier.name, exc)
-            return web.Response(status=403, text="signature check failed\n")
+        req = await self._signed(carrier, request, "answer webhook")
+        if isinstance(req, web.Response):
+            return req
         stream_url = self._public_url(request, websocket=True)
         stream_url = stream_url.split("?", 1)[0].rsplit("/answer/", 1)[0] + f"/media/{carrier.name}"
         try:
@@ -201,12 +210,9 @@ class TelewireServer:
 
     async def events(self, request: web.Request) -> web.Response:
         carrier = self._carrier(request)
-        req = await self._http_request(request, websocket=False)
-        try:
-            carrier.authenticate(req, "webhook")
-        except AuthenticationError as exc:
-            logger.warning("event webhook for {} refused: {}", carrier.name, exc)
-            return web.Response(status=403, text="signature check failed\n")
+        req = await self._signed(carrier, request, "event webhook")
+        if isinstance(req, web.Response):
+            return req
         try:
             event = carrier.parse_webhook(req)
         except CarrierError as exc:
@@ -283,12 +289,9 @@ class TelewireServer:
         if len(self.calls) >= self.settings.max_calls:
             logger.warning("call refused: {} live calls is the limit", self.settings.max_calls)
             return web.Response(status=503, text="at capacity\n")
-        req = await self._http_request(request, websocket=True)
-        try:
-            carrier.authenticate(req, "websocket")
-        except AuthenticationError as exc:
-            logger.warning("media socket for {} refused: {}", carrier.name, exc)
-            return web.Response(status=403, text="signature check failed\n")
+        req = await self._signed(carrier, request, "media socket", "websocket")
+        if isinstance(req, web.Response):
+            return req
         envelope = self.graph.envelope
         protocols = (envelope.spec.subprotocol,) if envelope and envelope.spec.subprotocol else ()
         ws = web.WebSocketResponse(max_msg_size=self.settings.ws_max_message_bytes,

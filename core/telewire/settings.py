@@ -7,15 +7,55 @@ overrides of node config: ``TELEWIRE_NODES__RT__MODEL=gpt-realtime`` sets ``rt.c
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telewire.errors import ConfigError
 
-__all__ = ["ServerSettings", "load_settings", "node_overrides"]
+__all__ = ["ServerSettings", "load_settings", "node_overrides", "read_settings"]
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_is_secret(a) for a in typing.get_args(annotation))
+
+
+def read_settings(model: type[S], *, title: str, **overrides: Any) -> S:
+    """Read a pydantic-settings model now (environment, ``.env``), ``overrides`` on top.
+
+    For carrier plugins and the core alike: a bad value becomes a :class:`ConfigError` with one
+    line per problem naming the environment variable (the model's ``env_prefix``, nested keys
+    joined with its delimiter) and the value, except for ``SecretStr`` fields, whose values are
+    never shown.
+
+    Args:
+        model: the settings class.
+        title: what the settings are, for the message (``"Twilio carrier settings"``).
+
+    Raises:
+        ConfigError: a setting is invalid.
+    """
+    try:
+        return model(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        prefix = str(model.model_config.get("env_prefix") or "")
+        joiner = str(model.model_config.get("env_nested_delimiter") or "__")
+        lines = [f"invalid {title}:"]
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            if not loc:  # a model-level check: its message names the variables itself
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+                continue
+            field = model.model_fields.get(loc[0])
+            secret = field is not None and _is_secret(field.annotation)
+            shown = "" if secret else f" (value {err.get('input')!r})"
+            lines.append(f"  {prefix}{joiner.join(loc).upper()}: {err['msg']}{shown}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 class ServerSettings(BaseSettings):
@@ -60,19 +100,12 @@ class ServerSettings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> ServerSettings:
-    """Read settings from the environment and ``.env``, then apply ``overrides``.
+    """Read the process settings from the environment and ``.env``, then apply ``overrides``.
 
     Raises:
         ConfigError: naming the environment variable and the value that is wrong.
     """
-    try:
-        return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        lines = ["invalid settings"]
-        for err in exc.errors():
-            loc = "__".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"  TELEWIRE_{loc}: {err['msg']} (value {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+    return read_settings(ServerSettings, title="settings", **overrides)
 
 
 def node_overrides(settings: ServerSettings) -> list[str]:

@@ -9,9 +9,7 @@ from typing import Any, Iterator
 import pytest
 from recorder.kit import MotoServer, free_port, recorder_graph
 
-from telewire.registry import CarrierRegistry
 from telewire.server import TelewireServer
-from telewire.settings import load_settings
 
 
 @pytest.fixture
@@ -21,21 +19,15 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-async def rec_server(monkeypatch, dirs):
+def rec_server(monkeypatch, dirs, telewire_server):
     """Factory: an in-process server on 127.0.0.1 running the recorder graph."""
     monkeypatch.delenv("TELEWIRE_TWILIO_AUTH_TOKEN", raising=False)
-    servers: list[TelewireServer] = []
 
     async def make(*overrides: str, store: str | None = None, **config: Any) -> TelewireServer:
         graph = recorder_graph(store or f"file://{dirs[0]}", dirs[1], *overrides, **config)
-        srv = TelewireServer(load_settings(host="127.0.0.1", port=0), graph, CarrierRegistry())
-        await srv.start()
-        servers.append(srv)
-        return srv
+        return await telewire_server(graph=graph)
 
-    yield make
-    for srv in servers:
-        await srv.stop(drain_timeout_s=5)
+    return make
 
 
 @pytest.fixture

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telewire.errors import ConfigError
+from telewire import read_settings
 
 __all__ = ["ENV_PREFIX", "__Carrier__Settings", "load_settings"]
 
 ENV_PREFIX = "TELEWIRE___CARRIER___"
-_SECRET_FIELDS = frozenset({"signing_secret"})
 
 
 class __Carrier__Settings(BaseSettings):
@@ -47,12 +46,4 @@ def load_settings(**overrides: Any) -> __Carrier__Settings:
         ConfigError: a setting is invalid; the message names its environment variable and, for
             settings that are not secrets, the value.
     """
-    try:
-        return __Carrier__Settings(**overrides)
-    except ValidationError as exc:
-        lines = ["invalid __carrier__ carrier settings:"]
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "(settings)"
-            shown = "" if name in _SECRET_FIELDS else f" (value {err.get('input')!r})"
-            lines.append(f"  {ENV_PREFIX}{name.upper()}: {err['msg']}{shown}")
-        raise ConfigError("\n".join(lines)) from None
+    return read_settings(__Carrier__Settings, title="__carrier__ carrier settings", **overrides)

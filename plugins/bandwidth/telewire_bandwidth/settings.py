@@ -9,15 +9,14 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, ValidationError, field_validator, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telewire.errors import ConfigError
+from telewire import read_settings
 
 __all__ = ["ENV_PREFIX", "BandwidthSettings", "load_settings"]
 
 ENV_PREFIX = "TELEWIRE_BANDWIDTH_"
-_SECRET_FIELDS = frozenset({"username", "password"})
 # Characters XML 1.0 cannot carry at all, not even escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -123,15 +122,4 @@ def load_settings(**overrides: Any) -> BandwidthSettings:
         ConfigError: a setting is invalid; the message names its environment variable and, for
             settings that are not secrets, the value.
     """
-    try:
-        return BandwidthSettings(**overrides)
-    except ValidationError as exc:
-        lines = ["invalid Bandwidth carrier settings:"]
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else ""
-            if not name:  # a model-level check: its message names the variables itself
-                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
-                continue
-            shown = "" if name in _SECRET_FIELDS else f" (value {err.get('input')!r})"
-            lines.append(f"  {ENV_PREFIX}{name.upper()}: {err['msg']}{shown}")
-        raise ConfigError("\n".join(lines)) from None
+    return read_settings(BandwidthSettings, title="Bandwidth carrier settings", **overrides)

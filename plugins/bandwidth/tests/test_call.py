@@ -11,17 +11,14 @@ import asyncio
 import base64
 import json
 import xml.etree.ElementTree as ET
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from telewire.frames import DTMFFrame, Frame
-from telewire.graph import load_graph
-from telewire.registry import CarrierRegistry
 from telewire.server import TelewireServer
-from telewire.settings import load_settings
 from telewire_bandwidth.auth import basic_authorization
 from telewire_bandwidth.testing import BandwidthCall, dtmf_event
 
@@ -33,9 +30,7 @@ ServerFactory = Callable[..., Awaitable[TelewireServer]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ServerFactory]:
-    servers: list[TelewireServer] = []
-
+def server(telewire_server) -> ServerFactory:
     async def make(observers: list[tuple[str, str, Frame]] | None = None,
                    **settings: object) -> TelewireServer:
         def factory() -> dict[tuple[str, str], list[Callable[[str, str, Frame], None]]]:
@@ -43,15 +38,9 @@ async def server() -> AsyncIterator[ServerFactory]:
                 return {}
             return {("tel_in", "dtmf"): [lambda n, p, f: observers.append((n, p, f))]}
 
-        srv = TelewireServer(load_settings(host="127.0.0.1", port=0, **settings),
-                             load_graph(None), CarrierRegistry(), observers=factory)
-        await srv.start()
-        servers.append(srv)
-        return srv
+        return await telewire_server(observers=factory, **settings)
 
-    yield make
-    for srv in servers:
-        await srv.stop(drain_timeout_s=1)
+    return make
 
 
 async def answer(srv: TelewireServer, *, credentials: tuple[str, str] | None = None

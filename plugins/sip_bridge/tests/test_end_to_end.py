@@ -14,10 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from telewire.g711 import ulaw_decode, ulaw_encode
-from telewire.graph import load_graph
-from telewire.registry import CarrierRegistry
 from telewire.server import TelewireServer
-from telewire.settings import load_settings
 
 _rng = random.Random(7)
 ULAW = bytes(range(256)) * 5  # 1280 bytes = 8 frames of 160, every byte value
@@ -27,19 +24,8 @@ GUARD_S = 5  # a guard against hanging, never a timing assertion
 
 
 @pytest.fixture
-async def server():
-    servers: list[TelewireServer] = []
-
-    async def make(*overrides: str) -> TelewireServer:
-        srv = TelewireServer(load_settings(host="127.0.0.1", port=0), load_graph(None, overrides),
-                             CarrierRegistry())
-        await srv.start()
-        servers.append(srv)
-        return srv
-
-    yield make
-    for srv in servers:
-        await srv.stop(drain_timeout_s=1)
+def server(telewire_server):
+    return telewire_server
 
 
 def media_url(srv: TelewireServer) -> str:

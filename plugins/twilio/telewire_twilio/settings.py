@@ -9,16 +9,15 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telewire.errors import ConfigError
+from telewire import read_settings
 
 __all__ = ["ENV_PREFIX", "TwilioSettings", "load_settings"]
 
 ENV_PREFIX = "TELEWIRE_TWILIO_"
 _ACCOUNT_SID_RE = re.compile(r"AC[0-9a-fA-F]{32}")
-_SECRET_FIELDS = frozenset({"auth_token", "shared_key_secret"})
 
 
 class TwilioSettings(BaseSettings):
@@ -76,12 +75,4 @@ def load_settings(**overrides: Any) -> TwilioSettings:
         ConfigError: a setting is invalid; the message names its environment variable and, for
             settings that are not secrets, the value.
     """
-    try:
-        return TwilioSettings(**overrides)
-    except ValidationError as exc:
-        lines = ["invalid Twilio carrier settings:"]
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "(settings)"
-            shown = "" if name in _SECRET_FIELDS else f" (value {err.get('input')!r})"
-            lines.append(f"  {ENV_PREFIX}{name.upper()}: {err['msg']}{shown}")
-        raise ConfigError("\n".join(lines)) from None
+    return read_settings(TwilioSettings, title="Twilio carrier settings", **overrides)
