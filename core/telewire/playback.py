@@ -38,7 +38,7 @@ class PlaybackLedger:
     """
 
     def __init__(self, *, marks: bool, bytes_per_ms: float = 8.0,
-                 mark_interval_ms: float = 100.0) -> None:
+                 mark_interval_ms: float = 250.0) -> None:
         self.marks = marks
         self.rate = bytes_per_ms
         self.mark_bytes = mark_interval_ms * bytes_per_ms
@@ -53,6 +53,7 @@ class PlaybackLedger:
         self._items: list[tuple[str | None, int]] = []
         self._item: str | None = None
         self._item_open = False
+        self._idle_at = 0.0
 
     # ------------------------------------------------------------------------------ sending
 
@@ -62,14 +63,17 @@ class PlaybackLedger:
         A new item closes the previous one with a mark (when there is unmarked audio), so the
         end of every item can be confirmed.
         """
-        mark = None
-        if self._item_open and item_id != self._item:
-            mark = self._new_mark()
+        if self._item_open and item_id == self._item:  # the common case: more of the same item
+            if now >= self._idle_at and self.position(now) >= self.total_sent:
+                self._anchor_offset, self._anchor_time = float(self.total_sent), now
+            return None
+        mark = self._new_mark() if self._item_open else None
         if self.position(now) >= self.total_sent:  # the carrier had played everything
             self._anchor_offset, self._anchor_time = float(self.total_sent), now
-        if not self._item_open or item_id != self._item:
-            self._items.append((item_id, self.total_sent))
-            self._item, self._item_open = item_id, True
+        self._items.append((item_id, self.total_sent))
+        if len(self._items) > 64:  # only items that may still be playing matter
+            del self._items[:-64]
+        self._item, self._item_open = item_id, True
         return mark
 
     def after_audio(self, nbytes: int, now: float) -> str | None:
@@ -78,6 +82,9 @@ class PlaybackLedger:
             self._anchor_time = now
         self.total_sent += nbytes
         self._unmarked += nbytes
+        # before this instant, playout cannot have caught up with what is sent (a cheap bound
+        # that spares before_audio the full position computation on every frame)
+        self._idle_at = self._anchor_time + (self.total_sent - self._anchor_offset) / self.rate / 1000.0
         if self._unmarked >= self.mark_bytes:
             return self._new_mark()
         return None
@@ -108,11 +115,16 @@ class PlaybackLedger:
         offset = self._pending.pop(name, None)
         if offset is None:
             return False
-        for other in [n for n, o in self._pending.items() if o <= offset]:
-            del self._pending[other]  # marks play in order: earlier ones have played too
+        pending = self._pending
+        while pending:  # marks play in order: earlier ones have played too
+            first = next(iter(pending))
+            if pending[first] > offset:
+                break
+            del pending[first]
         if offset > self._acked:
             self._acked = offset
             self._anchor_offset, self._anchor_time = float(offset), now
+            self._idle_at = now + (self.total_sent - offset) / self.rate / 1000.0
         return True
 
     def position(self, now: float) -> float:
@@ -120,7 +132,8 @@ class PlaybackLedger:
         if self._anchor_time is None:
             return 0.0
         pos = self._anchor_offset + (now - self._anchor_time) * 1000.0 * self.rate
-        limit = min(self._pending.values()) if self._pending else self.total_sent
+        # pending marks are in the order sent, so offsets increase: the first is the nearest
+        limit = next(iter(self._pending.values())) if self._pending else self.total_sent
         return max(float(self._acked), min(pos, float(limit), float(self.total_sent)))
 
     @property
@@ -160,6 +173,7 @@ class PlaybackLedger:
         self._unmarked = 0
         self._acked = self.total_sent
         self._anchor_offset, self._anchor_time = float(self.total_sent), now
+        self._idle_at = now
         self._item_open = False
         self._items = [(i, b) for i, b in self._items if b >= self.total_sent]
         return result

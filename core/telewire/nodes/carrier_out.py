@@ -31,7 +31,7 @@ class CarrierOutConfig(NodeConfig):
             spec of the preset or file named by ``tel_in.config.envelope_spec``.
     """
 
-    mark_interval_ms: float = Field(default=100.0, gt=0)
+    mark_interval_ms: float = Field(default=250.0, gt=0)
     drain_timeout_s: float = Field(default=10.0, ge=0)
     response_envelope_spec: str | dict[str, Any] | None = None
 

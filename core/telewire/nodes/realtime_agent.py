@@ -105,7 +105,11 @@ class RealtimeAgent(Node):
             await self.session.send_audio(f)
 
     async def _from_model(self, frame: Frame) -> None:
-        """The session's sink: route model output to our ports."""
+        """The session's sink: route model output to our ports (agent audio first: it is most
+        of what the model sends)."""
+        if type(frame) is AudioFrame:
+            await self._out["audio_out"](frame)
+            return
         port = self._routes.get(type(frame))
         if port is not None:
             if port == "errors":
