@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml plugins/twilio/pyproject.toml plugins/bandwidth/pyproje
 	$(PYTHON) -c 'import sys; sys.exit("telewire needs Python >= 3.11, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,uvloop]' -e plugins/twilio -e plugins/bandwidth -e plugins/sip_bridge
+	$(PY) -m pip install --quiet -e '.[dev,speedups]' -e plugins/twilio -e plugins/bandwidth -e plugins/sip_bridge
 	touch $(STAMP)
 
 install: $(STAMP)
