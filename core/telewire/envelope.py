@@ -28,7 +28,7 @@ import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -377,6 +377,21 @@ def _get(doc: Any, keys: tuple[str, ...]) -> Any:
     return doc
 
 
+def _getter(keys: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A compiled accessor for ``keys`` (one or two levels are unrolled: the per-frame paths)."""
+    if len(keys) == 1:
+        (k0,) = keys
+        return lambda doc: doc.get(k0, _MISSING)
+    if len(keys) == 2:
+        k0, k1 = keys
+
+        def two(doc: dict) -> Any:
+            inner = doc.get(k0)
+            return inner.get(k1, _MISSING) if type(inner) is dict else _MISSING
+        return two
+    return lambda doc: _get(doc, keys)
+
+
 def _as_int(value: Any) -> int:
     if type(value) is int:
         return value
@@ -420,6 +435,12 @@ class CompiledEnvelope:
         self._seq = _accessor(m.sequence) if m and m.sequence else None
         self._track = _accessor(m.track) if m and m.track else None
         self._media_sid = _accessor(m.stream_id) if m and m.stream_id else None
+        # compiled accessors of the per-frame fields
+        self._get_payload = _getter(self._payload) if self._payload else (lambda doc: _MISSING)
+        self._get_ts = _getter(self._ts) if self._ts else None
+        self._get_seq = _getter(self._seq) if self._seq else None
+        self._get_track = _getter(self._track) if self._track else None
+        self._get_sid = _getter(self._media_sid) if self._media_sid else None
         self._digit = _accessor(spec.dtmf.digit) if spec.dtmf else None
         self._duration = _accessor(spec.dtmf.duration) if spec.dtmf and spec.dtmf.duration else None
         self._mark = _accessor(spec.mark.name) if spec.mark else None
@@ -578,7 +599,7 @@ class CompiledEnvelope:
     def _parse_media(self, call: CallContext, doc: dict, event: str) -> AudioFrame:
         if not call.started:
             raise self._error(call, "media received before the start event", event=event)
-        payload = _get(doc, self._payload)
+        payload = self._get_payload(doc)
         if type(payload) is not str:
             if payload is _MISSING:
                 raise self._error(call, f"missing field {self._payload_path!r}", event=event,
@@ -590,25 +611,29 @@ class CompiledEnvelope:
             raise self._error(call, f"field {self._payload_path!r} is not valid base64 "
                               f"(length {len(payload)}, starts {payload[:16]!r})",
                               event=event, field=self._payload_path)
-        if self._media_sid is not None:
-            sid = _get(doc, self._media_sid)
+        if self._get_sid is not None:
+            sid = self._get_sid(doc)
             if sid is not _MISSING and sid != call.stream_id:
-                path = ".".join(self._media_sid)
+                path = ".".join(self._media_sid)  # type: ignore[arg-type]
                 raise self._error(call, f"stream id {sid!r} does not match this call's "
                                   f"{call.stream_id!r} (field {path!r})", event=event, field=path)
         ts = seq = None
-        if self._ts is not None:
-            raw = _get(doc, self._ts)
-            if raw is not _MISSING:
-                ts = self._int(call, raw, event, ".".join(self._ts))
-        if self._seq is not None:
-            raw = _get(doc, self._seq)
-            if raw is not _MISSING:
-                seq = self._int(call, raw, event, ".".join(self._seq))
+        if self._get_ts is not None:
+            raw = self._get_ts(doc)
+            if type(raw) is str and raw.isdigit():  # how Twilio sends counters
+                ts = int(raw)
+            elif raw is not _MISSING:
+                ts = self._int(call, raw, event, ".".join(self._ts))  # type: ignore[arg-type]
+        if self._get_seq is not None:
+            raw = self._get_seq(doc)
+            if type(raw) is str and raw.isdigit():
+                seq = int(raw)
+            elif raw is not _MISSING:
+                seq = self._int(call, raw, event, ".".join(self._seq))  # type: ignore[arg-type]
         track = "inbound"
-        if self._track is not None:
-            raw = _get(doc, self._track)
-            if isinstance(raw, str) and raw.startswith("outbound"):
+        if self._get_track is not None:
+            raw = self._get_track(doc)
+            if type(raw) is str and raw.startswith("outbound"):
                 track = "outbound"
         fmt = call.media_format
         audio: str | bytes = payload
