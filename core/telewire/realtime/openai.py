@@ -276,6 +276,15 @@ class OpenAISession(RealtimeSession):
 
     async def _reconnect(self, why: str) -> None:
         """Reconnect with bounded backoff, replaying the conversation; end the call if it fails."""
+        if self._switching:
+            return
+        self._switching = True
+        try:
+            await self._reconnect_now(why)
+        finally:
+            self._switching = False
+
+    async def _reconnect_now(self, why: str) -> None:
         self._send = self._hold
         self._response_id = None
         delay = 0.1
@@ -314,10 +323,12 @@ class OpenAISession(RealtimeSession):
         except (ProviderError, ConfigError) as exc:
             self._log.error("{}: handover ({}) failed, keeping the current session: {}",
                             self.name, why, exc)
-            if old is not None:
+            self._switching = False
+            if old is not None and old.close_code is None:
                 self._send = old.send
                 await self._release_held(old)
-            self._switching = False
+            else:  # the old session closed meanwhile (an expiry): reconnect instead
+                self._spawn(self._reconnect(f"handover ({why}) failed"), "reconnect")
             return
         self.handovers += 1
         await self._release_held(ws)
@@ -514,8 +525,8 @@ class OpenAISession(RealtimeSession):
                 if self._ended or ws is not self._ws:
                     return
         except ConnectionClosed as exc:
-            if self._closed or ws is not self._ws:
-                return  # we closed it (hang-up or handover)
+            if self._closed or ws is not self._ws or self._switching:
+                return  # we closed it (hang-up or handover), or a handover is replacing it
             close = exc.rcvd or exc.sent
             code = close.code if close is not None else 1006
             why = f"the provider closed the connection ({_close_text(exc)})"
