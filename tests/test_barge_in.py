@@ -4,6 +4,7 @@ the simulated Twilio call <-> `TelewireServer` <-> the fake realtime server in t
 from __future__ import annotations
 
 import asyncio
+import base64
 from unittest import mock
 
 import aiohttp
@@ -174,3 +175,56 @@ async def test_end_call_hangs_up_once_after_the_last_audio_played():
     # Every mark came back before the socket closed: the hang-up waited for the last audio.
     assert result.marks_received and set(result.marks_received) == set(result.marks_echoed)
     assert result.sent_frames < 300  # ended by the agent before the caller's 6 s were sent
+
+
+async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_api(monkeypatch,
+                                                                                  log_lines):
+    """The model calls transfer_call; telewire drains the audio, asks the carrier (a local
+    stand-in for Twilio's REST API) to redirect the call, and ends its side with 'transferred'."""
+    from aiohttp import web
+
+    seen: list[tuple[str, str, dict, str]] = []
+
+    async def update_call(request: web.Request) -> web.Response:
+        form = await request.post()
+        seen.append((request.method, request.path, dict(form), request.headers["Authorization"]))
+        return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})
+
+    app = web.Application()
+    app.add_routes([web.post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rest_port = site._server.sockets[0].getsockname()[1]
+    account = "AC" + "1" * 32
+    monkeypatch.setenv("TELEWIRE_TWILIO_ACCOUNT_SID", account)
+    monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
+    monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
+    try:
+        async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
+                                      talk_after_appends=20) as fake:
+            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]")
+            try:
+                sim = CallSimulator(media_url(srv), drain_s=3.0, hang_up=False,
+                                    auth_token="rest-token",
+                                    signature_url=media_url(srv))
+                call = asyncio.create_task(sim.run(silence(5000)))
+                conn = await fake.wait_for_connection(0)
+                (setup,) = await conn.wait_for("session.update")
+                assert "transfer_call" in [t["name"] for t in setup["session"]["tools"]]
+                while not conn.responses or conn.responses[0]["status"] != "completed":
+                    await asyncio.sleep(0.01)
+                conn.script_tool_call("transfer_call", '{"target": "+15551234567"}')
+                result = await call
+            finally:
+                await srv.stop(drain_timeout_s=1)
+    finally:
+        await runner.cleanup()
+    ((method, path, form, auth),) = seen
+    assert method == "POST" and path == f"/2010-04-01/Accounts/{account}/Calls/{sim.call_sid}.json"
+    assert form["Twiml"].endswith("<Response><Dial><Number>+15551234567</Number></Dial></Response>")
+    assert auth == "Basic " + base64.b64encode(f"{account}:rest-token".encode()).decode()
+    assert result.close_code == 1000 and result.sent_frames < 250  # ended by the transfer
+    assert any("call ended: transferred (+15551234567)" in line for line in log_lines)
+    assert not any("rest-token" in line for line in log_lines)

@@ -14,7 +14,8 @@ from telewire.frames import PCMU_8K, Frame, MediaFormat, StartFrame
 if TYPE_CHECKING:
     from telewire.envelope import CompiledEnvelope
 
-__all__ = ["CallContext", "Capabilities", "HttpRequest", "HttpResponse", "WebhookEvent"]
+__all__ = ["CallContext", "Capabilities", "HttpRequest", "HttpResponse", "OutboundRequest",
+           "WebhookEvent"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,3 +134,17 @@ class WebhookEvent:
     call_id: str
     frames: tuple[Frame, ...] = ()
     response: HttpResponse | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundRequest:
+    """An HTTP request a carrier hook asks the core to make (a REST call: transfer, hang-up).
+
+    The hook builds it without I/O; the core sends it with a timeout and reports the outcome.
+    ``headers`` may carry credentials: the core never logs them.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    form: tuple[tuple[str, str], ...] = ()

@@ -35,7 +35,7 @@ from stevedore import ExtensionManager
 
 from telewire.carrier import CallContext
 from telewire.envelope import CompiledEnvelope, compile_envelope
-from telewire.errors import ConfigError, GraphError
+from telewire.errors import ConfigError, GraphError, PluginError
 from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
 from telewire.nodes.base import Handler, Node
 from telewire.registry import entry_point_origin
@@ -507,6 +507,44 @@ class CallGraph:
         except Exception:  # a plugin failure must not keep the call open
             self.log.exception("carrier {} hang-up hook failed", self.carrier.name)
         await self.end(reason, detail)
+
+    async def transfer(self, target: str, *, timeout_s: float = 10.0) -> str | None:
+        """Transfer the call to ``target`` after the agent's last audio has played.
+
+        Returns ``None`` on success (the call then ends with reason ``transferred``) or a short
+        error for the model: the carrier cannot transfer, refused, or did not answer.
+        """
+        import aiohttp
+
+        if self._ending:
+            return "the call is already ending"
+        try:
+            request = self.carrier.transfer_request(self.context, target)
+        except (ConfigError, PluginError) as exc:
+            self.log.error("transfer to {!r} refused before sending: {}", target, exc)
+            return str(exc)
+        if request is None:
+            return f"carrier {self.carrier.name} cannot transfer calls"
+        from telewire.nodes.carrier_out import CarrierOut
+
+        for node in self.nodes.values():
+            if isinstance(node, CarrierOut):
+                await node.drain()
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+                async with http.request(request.method, request.url, headers=dict(request.headers),
+                                        data=dict(request.form) or None) as resp:
+                    body = (await resp.text())[:300]
+                    if resp.status >= 300:
+                        self.log.error("transfer to {!r}: the carrier answered HTTP {}: {}",
+                                       target, resp.status, body)
+                        return f"the carrier refused the transfer (HTTP {resp.status})"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.log.error("transfer to {!r} failed: {}: {}", target, type(exc).__name__, exc)
+            return f"the transfer request failed: {type(exc).__name__}"
+        self.log.info("call transferred to {!r}", target)
+        await self.end("transferred", target)
+        return None
 
     async def end(self, reason: str, detail: str = "") -> None:
         """End the call once: every node's ``on_call_end`` runs, then :attr:`ended` is set."""

@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     from pydantic_settings import BaseSettings
 
-    from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, WebhookEvent
+    from telewire.carrier import (
+        CallContext,
+        Capabilities,
+        HttpRequest,
+        HttpResponse,
+        OutboundRequest,
+        WebhookEvent,
+    )
     from telewire.frames import AudioFrame, Frame
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -196,6 +203,28 @@ def telewire_hangup(call: CallContext, reason: str) -> str | bytes | None:
     Returns:
         The message, or ``None`` when closing the media socket is itself the hang-up (Twilio's
         ``<Connect><Stream>`` with no TwiML after it). Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest | None:
+    """Build the REST request that transfers the call to ``target`` (the ``transfer_call`` tool).
+
+    Only called for carriers whose capabilities declare ``transfer``. The core drains the agent's
+    last audio first, sends the request, and ends the call with reason ``transferred`` when the
+    carrier accepts it (2xx).
+
+    Args:
+        call: this call's context (``call.call_id`` names the call to the carrier).
+        target: an E.164 number (``+15551234567``) or a ``sip:`` URI, as the model gave it.
+
+    Returns:
+        The request, or ``None`` when this carrier cannot transfer. Stops at the first non-None
+        result.
+
+    Raises:
+        ConfigError: the carrier's credentials are not configured, or ``target`` is not a number
+            or SIP URI it can dial (the message says which).
     """
 
 

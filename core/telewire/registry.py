@@ -21,7 +21,14 @@ from loguru import logger
 from stevedore import ExtensionManager
 
 from telewire import hookspecs
-from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, WebhookEvent
+from telewire.carrier import (
+    CallContext,
+    Capabilities,
+    HttpRequest,
+    HttpResponse,
+    OutboundRequest,
+    WebhookEvent,
+)
 from telewire.errors import CarrierError, ConfigError, PluginError
 from telewire.frames import AudioFrame, Frame
 
@@ -91,7 +98,7 @@ class Carrier:
     """
 
     __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
-                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup")
+                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup", "_transfer")
 
     def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
         self.name = name
@@ -107,6 +114,7 @@ class Carrier:
         self._warnings = hook.telewire_carrier_warnings
         self._webhook = hook.telewire_parse_webhook
         self._hangup = hook.telewire_hangup
+        self._transfer = hook.telewire_transfer_request
         caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
         if not isinstance(caps, Capabilities):
             raise PluginError(
@@ -181,6 +189,10 @@ class Carrier:
     def hangup(self, call: CallContext, reason: str) -> str | bytes | None:
         """The message that ends the call, or ``None`` when closing the socket is enough."""
         return self._call("telewire_hangup", self._hangup, call=call, reason=reason)
+
+    def transfer_request(self, call: CallContext, target: str) -> OutboundRequest | None:
+        """The REST request transferring the call, or ``None`` when the carrier cannot."""
+        return self._call("telewire_transfer_request", self._transfer, call=call, target=target)
 
     def answer_document(self, request: HttpRequest, stream_url: str,
                         parameters: Mapping[str, str]) -> HttpResponse | None:

@@ -120,6 +120,12 @@ class ToolBox:
             reason = str(args.get("reason") or "the agent ended the call")
             asyncio.ensure_future(self.call.hang_up("end_call", reason))
             return ToolOutcome(json.dumps({"status": "ending the call"}), respond=False)
+        if name == "transfer_call" and name in self._builtins:
+            target = str(args.get("target") or "")
+            error = await self.call.transfer(target)
+            if error is None:
+                return ToolOutcome(json.dumps({"status": "transferred"}), respond=False)
+            return ToolOutcome(json.dumps({"error": error}))
         spec = self._specs.get(name)
         if spec is None:
             return ToolOutcome(json.dumps({"error": f"no tool named {name!r}"}))

@@ -50,6 +50,9 @@ class CallHandle(Protocol):
     async def hang_up(self, reason: str, detail: str = "") -> None:
         """Hang up once the agent's last audio has played, through the carrier's hook."""
 
+    async def transfer(self, target: str) -> str | None:
+        """Transfer the call; ``None`` on success, else an error for the model."""
+
     def report(self, frame: ErrorFrame) -> None:
         """Record a non-fatal error against the call."""
 

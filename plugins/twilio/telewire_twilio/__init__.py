@@ -10,18 +10,19 @@ compiled envelope. Settings are read when a webhook needs them, never held in a 
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse
+from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, OutboundRequest
 from telewire.envelope import CompiledEnvelope, load_envelope_file
-from telewire.errors import CarrierProtocolError
+from telewire.errors import CarrierProtocolError, ConfigError
 from telewire.frames import AudioFrame, Frame, MediaFormat
 from telewire.hookspecs import hookimpl
 
 from telewire_twilio.settings import ENV_PREFIX, TwilioSettings, load_settings
 from telewire_twilio.signature import verify_request
-from telewire_twilio.twiml import connect_stream
+from telewire_twilio.twiml import connect_stream, dial
 
 __all__ = ["CAPABILITIES", "CARRIER", "ENVELOPE", "TwilioSettings"]
 
@@ -33,6 +34,7 @@ CAPABILITIES = Capabilities(
     marks=True,
     dtmf=True,
     hangup=True,
+    transfer=True,
     text_frames_only=True,
     media_format=MediaFormat(codec="pcmu", sample_rate=8000, channels=1),
     max_message_bytes=64 * 1024,
@@ -63,6 +65,30 @@ def telewire_hangup(call: CallContext, reason: str) -> str | bytes | None:
     """Closing the media socket ends a ``<Connect><Stream>`` call when no TwiML follows it (our
     answer document has none), so there is nothing to send first."""
     return None
+
+
+@hookimpl
+def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest:
+    """Redirect the live call to ``<Dial>target</Dial>`` with the Calls REST API (``Twiml``).
+
+    Raises:
+        ConfigError: ``TELEWIRE_TWILIO_ACCOUNT_SID``/``AUTH_TOKEN`` unset, no call sid yet, or a
+            target that is neither E.164 nor ``sip:``.
+    """
+    settings = load_settings()
+    if settings.account_sid is None or settings.auth_token is None:
+        raise ConfigError(f"twilio: transferring a call needs {ENV_PREFIX}ACCOUNT_SID and "
+                          f"{ENV_PREFIX}AUTH_TOKEN")
+    if not call.call_id:
+        raise ConfigError("twilio: this call has no callSid to transfer")
+    credentials = f"{settings.account_sid}:{settings.auth_token.get_secret_value()}"
+    base = settings.api_base_url.rstrip("/")
+    return OutboundRequest(
+        method="POST",
+        url=f"{base}/2010-04-01/Accounts/{settings.account_sid}/Calls/{call.call_id}.json",
+        headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
+        form=(("Twiml", dial(target)),),
+    )
 
 
 @hookimpl

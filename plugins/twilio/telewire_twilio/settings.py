@@ -29,6 +29,7 @@ class TwilioSettings(BaseSettings):
         account_sid: the account SID (``AC`` + 32 hex digits), for REST calls.
         shared_key_secret: the secret of a webhook SharedKey, for webhooks that a Twilio Webhook
             Rule signs with it (they carry ``X-Twilio-Webhooks-Signature-Settings``).
+        api_base_url: the REST API's base URL (transfers); change it only for a test double.
         status_callback_url: absolute http(s) URL put in ``<Stream statusCallback>``; Twilio
             posts stream-started / stream-stopped / stream-error events there.
     """
@@ -41,6 +42,7 @@ class TwilioSettings(BaseSettings):
     account_sid: str | None = None
     shared_key_secret: SecretStr | None = None
     status_callback_url: str | None = None
+    api_base_url: str = "https://api.twilio.com"
 
     @field_validator("*", mode="before")
     @classmethod

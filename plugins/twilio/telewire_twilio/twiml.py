@@ -101,3 +101,24 @@ def connect_stream(
         _check_text(value, f"<Parameter name={name!r}> value")
         ET.SubElement(stream, "Parameter", {"name": name, "value": value})
     return _XML_DECLARATION + ET.tostring(root, encoding="unicode")
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+def dial(target: str) -> str:
+    """TwiML that dials ``target``: an E.164 number (``<Number>``) or a ``sip:`` URI (``<Sip>``).
+
+    Raises:
+        ConfigError: ``target`` is neither.
+    """
+    root = ET.Element("Response")
+    element = ET.SubElement(root, "Dial")
+    if _E164.fullmatch(target):
+        ET.SubElement(element, "Number").text = target
+    elif target.startswith(("sip:", "sips:")) and len(target) > 4 and " " not in target:
+        ET.SubElement(element, "Sip").text = target
+    else:
+        raise ConfigError(f"twilio: cannot dial {target!r}: give an E.164 number (+15551234567) "
+                          "or a sip: URI")
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode")

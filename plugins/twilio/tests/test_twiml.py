@@ -133,3 +133,14 @@ def test_bad_stream_urls(twilio: Carrier, url: str, needle: str) -> None:
 def test_plain_ws_allowed_for_loopback_test_peers(twilio: Carrier) -> None:
     url = "ws://127.0.0.1:8765/twilio/media"
     assert stream_of(answer(twilio, url=url)).get("url") == url
+
+
+def test_dial_numbers_and_sip_uris_and_refuse_anything_else() -> None:
+    from telewire.errors import ConfigError
+    from telewire_twilio.twiml import dial
+
+    assert dial("+15551234567").endswith("<Dial><Number>+15551234567</Number></Dial></Response>")
+    assert "<Sip>sip:agent@pbx.example.com</Sip>" in dial("sip:agent@pbx.example.com")
+    for bad in ("5551234567", "+0123", "tel:+1555", "sip:", "<Number>1</Number>"):
+        with pytest.raises(ConfigError, match="cannot dial"):
+            dial(bad)
