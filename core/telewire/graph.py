@@ -427,7 +427,7 @@ class CallGraph:
     """One call: its nodes, its carrier context, and how to talk to the carrier.
 
     The server creates one per media WebSocket, feeds each received message to the carrier-in
-    node and awaits :meth:`run_until_end`. Each call is isolated: a failure in one call's nodes
+    node, and closes the socket once :attr:`ended` is set. Each call is isolated: a failure in one call's nodes
     ends that call and is logged with its ids; nothing is shared between calls but the
     immutable :class:`Graph` and :class:`~telewire.registry.Carrier`.
     """
