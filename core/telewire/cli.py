@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -71,6 +72,13 @@ async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | No
 
     server = TelewireServer(settings, graph, CarrierRegistry())
     await server.start()
+    # Everything loaded so far lives as long as the process: freeze it out of the cyclic
+    # collector, and collect young objects less often. Full collections rescanning every live
+    # call's objects were a main source of tail latency (bench: relay graph at 150 calls, p99
+    # 34.7 ms -> 7.9 ms; default graph no longer saturated its core at 150 calls).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
