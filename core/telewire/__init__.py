@@ -40,7 +40,7 @@ from telewire.frames import (
     UsageFrame,
 )
 from telewire.hookspecs import hookimpl
-from telewire.settings import read_settings
+from telewire.settings import CarrierSettings, read_settings
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "Capabilities",
     "CarrierError",
     "CarrierProtocolError",
+    "CarrierSettings",
     "CompiledEnvelope",
     "ConfigError",
     "DTMFFrame",

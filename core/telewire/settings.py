@@ -11,18 +11,33 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telewire.errors import ConfigError
 
-__all__ = ["ServerSettings", "load_settings", "node_overrides", "read_settings"]
+__all__ = ["CarrierSettings", "ServerSettings", "load_settings", "node_overrides", "read_settings"]
 
 S = TypeVar("S", bound=BaseSettings)
 
 
 def _is_secret(annotation: Any) -> bool:
     return annotation is SecretStr or any(_is_secret(a) for a in typing.get_args(annotation))
+
+
+class CarrierSettings(BaseSettings):
+    """Base of carrier plugins' settings models: a blank value (``TELEWIRE_X_TOKEN=``, often
+    left in a ``.env`` template) counts as unset, for secrets too. Subclasses set
+    ``model_config`` (``env_prefix`` …) as usual."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
 
 def read_settings(model: type[S], *, title: str, **overrides: Any) -> S:

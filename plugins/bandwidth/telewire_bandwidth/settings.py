@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from telewire import read_settings
+from telewire import CarrierSettings, read_settings
 
 __all__ = ["ENV_PREFIX", "BandwidthSettings", "load_settings"]
 
@@ -31,7 +31,7 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
-class BandwidthSettings(BaseSettings):
+class BandwidthSettings(CarrierSettings):
     """Settings of the ``bandwidth`` carrier.
 
     Attributes:
@@ -65,15 +65,6 @@ class BandwidthSettings(BaseSettings):
     stream_event_url: str | None = None
     dtmf: bool = True
     websocket_auth: bool = False
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
-            return None
-        return value
 
     @field_validator("username")
     @classmethod

@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from telewire import read_settings
+from telewire import CarrierSettings, read_settings
 
 __all__ = ["ENV_PREFIX", "TwilioSettings", "load_settings"]
 
@@ -20,7 +20,7 @@ ENV_PREFIX = "TELEWIRE_TWILIO_"
 _ACCOUNT_SID_RE = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
-class TwilioSettings(BaseSettings):
+class TwilioSettings(CarrierSettings):
     """Settings of the ``twilio`` carrier.
 
     Attributes:
@@ -43,15 +43,6 @@ class TwilioSettings(BaseSettings):
     shared_key_secret: SecretStr | None = None
     status_callback_url: str | None = None
     api_base_url: str = "https://api.twilio.com"
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
-            return None
-        return value
 
     @field_validator("account_sid")
     @classmethod

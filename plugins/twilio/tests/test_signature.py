@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import string
 from pathlib import Path
@@ -14,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from telewire.carrier import HttpRequest
 from telewire.errors import AuthenticationError, ConfigError
-from telewire.registry import Carrier, CarrierRegistry
+from telewire.registry import Carrier
 from telewire_twilio.signature import compute_signature, url_variants
 
 TOKEN = "12345678901234567890123456789012"
@@ -29,20 +28,6 @@ FORM = (
     ("CallerName", "Zoë & Co <ltd>"),
     ("Digits", ""),
 )
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No TELEWIRE_TWILIO_* from the outer environment or a stray .env file."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("TELEWIRE_TWILIO_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def twilio(carrier_registry: CarrierRegistry) -> Carrier:
-    return carrier_registry.get("twilio")
 
 
 @pytest.fixture

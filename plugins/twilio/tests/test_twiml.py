@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
 from telewire.carrier import HttpRequest, HttpResponse
 from telewire.errors import ConfigError
-from telewire.registry import Carrier, CarrierRegistry
+from telewire.registry import Carrier
 from telewire_twilio.twiml import MAX_PARAMETER_CHARS
 
 STREAM_URL = "wss://app.example.com/twilio/media"
 WEBHOOK = HttpRequest(method="POST", url="https://app.example.com/twilio/voice",
                       form=(("CallSid", "CA1"), ("From", "+15005550006")))
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No TELEWIRE_TWILIO_* from the outer environment or a stray .env file."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("TELEWIRE_TWILIO_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def twilio(carrier_registry: CarrierRegistry) -> Carrier:
-    return carrier_registry.get("twilio")
 
 
 def answer(twilio: Carrier, parameters: dict[str, str] | None = None,
