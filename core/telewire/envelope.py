@@ -28,7 +28,7 @@ import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -43,6 +43,7 @@ from telewire.frames import (
     MarkFrame,
     MediaFormat,
     StartFrame,
+    audio_frame,
 )
 from telewire.g711 import ulaw_decode, ulaw_encode
 
@@ -392,6 +393,32 @@ def _getter(keys: tuple[str, ...]) -> Callable[[Any], Any]:
     return lambda doc: _get(doc, keys)
 
 
+def _extractor(paths: Sequence[tuple[str, ...] | None]) -> Callable[[dict], tuple[Any, ...]]:
+    """One compiled function returning the values at ``paths`` of a JSON object, in order
+    (:data:`_MISSING` where a path is absent or ``None``): each shared parent is looked up once.
+    The per-media-message extraction, so it is generated code with the keys inlined."""
+    lines = ["def extract(doc):"]
+    names: dict[tuple[str, ...], str] = {(): "doc"}
+    out: list[str] = []
+    for path in paths:
+        if not path:
+            out.append("MISSING")
+            continue
+        for depth in range(1, len(path) + 1):
+            node = path[:depth]
+            if node in names:
+                continue
+            parent = names[node[:-1]]
+            var = names[node] = f"v{len(names)}"
+            guard = "" if parent == "doc" else f" if type({parent}) is dict else MISSING"
+            lines.append(f"    {var} = {parent}.get({node[-1]!r}, MISSING){guard}")
+        out.append(names[path])
+    lines.append(f"    return ({', '.join(out)},)")
+    namespace: dict[str, Any] = {"MISSING": _MISSING}
+    exec("\n".join(lines), namespace)  # keys are embedded with repr(): no injection
+    return namespace["extract"]
+
+
 def _as_int(value: Any) -> int:
     if type(value) is int:
         return value
@@ -436,11 +463,9 @@ class CompiledEnvelope:
         self._track = _accessor(m.track) if m and m.track else None
         self._media_sid = _accessor(m.stream_id) if m and m.stream_id else None
         # compiled accessors of the per-frame fields
-        self._get_payload = _getter(self._payload) if self._payload else (lambda doc: _MISSING)
-        self._get_ts = _getter(self._ts) if self._ts else None
-        self._get_seq = _getter(self._seq) if self._seq else None
-        self._get_track = _getter(self._track) if self._track else None
-        self._get_sid = _getter(self._media_sid) if self._media_sid else None
+        self._media_fields = _extractor((self._payload, self._media_sid, self._ts, self._seq,
+                                         self._track))
+        self._get_event = _getter(self._event)
         self._digit = _accessor(spec.dtmf.digit) if spec.dtmf else None
         self._duration = _accessor(spec.dtmf.duration) if spec.dtmf and spec.dtmf.duration else None
         self._mark = _accessor(spec.mark.name) if spec.mark else None
@@ -500,7 +525,7 @@ class CompiledEnvelope:
                               f"{snippet!r}") from None
         if type(doc) is not dict:
             raise self._error(call, f"message is a JSON {type(doc).__name__}, not an object")
-        event = _get(doc, self._event)
+        event = self._get_event(doc)
         path = self._event_path
         if event is _MISSING:
             event, path = self._other_event(call, doc)
@@ -599,7 +624,7 @@ class CompiledEnvelope:
     def _parse_media(self, call: CallContext, doc: dict, event: str) -> AudioFrame:
         if not call.started:
             raise self._error(call, "media received before the start event", event=event)
-        payload = self._get_payload(doc)
+        payload, sid, raw_ts, raw_seq, raw_track = self._media_fields(doc)
         if type(payload) is not str:
             if payload is _MISSING:
                 raise self._error(call, f"missing field {self._payload_path!r}", event=event,
@@ -611,37 +636,26 @@ class CompiledEnvelope:
             raise self._error(call, f"field {self._payload_path!r} is not valid base64 "
                               f"(length {len(payload)}, starts {payload[:16]!r})",
                               event=event, field=self._payload_path)
-        if self._get_sid is not None:
-            sid = self._get_sid(doc)
-            if sid is not _MISSING and sid != call.stream_id:
-                path = ".".join(self._media_sid)  # type: ignore[arg-type]
-                raise self._error(call, f"stream id {sid!r} does not match this call's "
-                                  f"{call.stream_id!r} (field {path!r})", event=event, field=path)
+        if sid is not _MISSING and sid != call.stream_id:
+            path = ".".join(self._media_sid)  # type: ignore[arg-type]
+            raise self._error(call, f"stream id {sid!r} does not match this call's "
+                              f"{call.stream_id!r} (field {path!r})", event=event, field=path)
         ts = seq = None
-        if self._get_ts is not None:
-            raw = self._get_ts(doc)
-            if type(raw) is str and raw.isdigit():  # how Twilio sends counters
-                ts = int(raw)
-            elif raw is not _MISSING:
-                ts = self._int(call, raw, event, ".".join(self._ts))  # type: ignore[arg-type]
-        if self._get_seq is not None:
-            raw = self._get_seq(doc)
-            if type(raw) is str and raw.isdigit():
-                seq = int(raw)
-            elif raw is not _MISSING:
-                seq = self._int(call, raw, event, ".".join(self._seq))  # type: ignore[arg-type]
-        track = "inbound"
-        if self._get_track is not None:
-            raw = self._get_track(doc)
-            if type(raw) is str and raw.startswith("outbound"):
-                track = "outbound"
+        if type(raw_ts) is str and raw_ts.isdigit():  # how Twilio sends counters
+            ts = int(raw_ts)
+        elif raw_ts is not _MISSING:
+            ts = self._int(call, raw_ts, event, ".".join(self._ts))  # type: ignore[arg-type]
+        if type(raw_seq) is str and raw_seq.isdigit():
+            seq = int(raw_seq)
+        elif raw_seq is not _MISSING:
+            seq = self._int(call, raw_seq, event, ".".join(self._seq))  # type: ignore[arg-type]
+        track = "outbound" if type(raw_track) is str and raw_track.startswith("outbound") else "inbound"
         fmt = call.media_format
         audio: str | bytes = payload
         if call.state.get(_WIRE) == "l16":
             audio = self._from_l16(call, binascii.a2b_base64(payload), f"field "
                                    f"{self._payload_path!r}", event, self._payload_path)
-        return AudioFrame(payload=audio, codec=fmt.codec, sample_rate=fmt.sample_rate,
-                          timestamp_ms=ts, sequence=seq, track=track)
+        return audio_frame(audio, fmt.codec, fmt.sample_rate, ts, seq, track, None)
 
     def _parse_start(self, call: CallContext, doc: dict, event: str) -> StartFrame:
         values: dict[str, Any] = {}

@@ -450,6 +450,8 @@ class CallGraph:
         self._started = False
         self._ending = False
         self._hanging_up = False
+        # the per-frame path calls the server's send directly (no method layer in between)
+        self.send_to_carrier = self.send  # type: ignore[method-assign]
         self.nodes = self.graph.instantiate(self)
 
     def observers_for(self, node: str, port: str) -> list[Observer]:

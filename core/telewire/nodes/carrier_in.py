@@ -94,9 +94,9 @@ class CarrierIn(Node):
             await self._error(str(exc), fatal=exc.fatal, field=exc.field, event=exc.event)
             return
         for frame in frames:
-            if type(frame) is AudioFrame:
+            if type(frame) is AudioFrame:  # the hot path: straight to the wired handler
                 self.audio_frames += 1
-                await self.emit("audio", frame)
+                await self._out["audio"](frame)
             else:
                 await self.dispatch(frame)
 

@@ -5,7 +5,7 @@ Depends on ``telewire.realtime.base`` and ``telewire.frames``.
 
 from __future__ import annotations
 
-from telewire.frames import AudioFrame, StartFrame
+from telewire.frames import AudioFrame, StartFrame, audio_frame
 from telewire.realtime.base import RealtimeSession
 
 __all__ = ["EchoSession"]
@@ -22,9 +22,8 @@ class EchoSession(RealtimeSession):
 
     async def send_audio(self, frame: AudioFrame) -> None:
         if self._open:
-            await self.sink(AudioFrame(payload=frame.payload, codec=frame.codec,
-                                       sample_rate=frame.sample_rate, track="outbound",
-                                       item_id="echo"))
+            await self.sink(audio_frame(frame.payload, frame.codec, frame.sample_rate, None, None,
+                                        "outbound", "echo"))
 
     async def close(self) -> None:
         self._open = False

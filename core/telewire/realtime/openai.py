@@ -33,8 +33,10 @@ from telewire.frames import (
     SteerFrame,
     TranscriptFrame,
     UsageFrame,
+    audio_frame,
 )
 from telewire.realtime.base import FrameSink, ProviderConfig, RealtimeSession
+from telewire.realtime.wsclient import ModelConnection
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -223,6 +225,7 @@ class OpenAISession(RealtimeSession):
                     max_size=self.config.max_message_bytes * _HARD_LIMIT_FACTOR,
                     compression=None,  # base64 audio barely compresses; deflate costs CPU per frame
                     open_timeout=None,  # bounded by the enclosing timeout
+                    create_connection=ModelConnection,  # the lean per-message path
                 )
         except TimeoutError:
             raise ProviderError(f"{self.name}: no connection to {where} within {timeout:g}s "
@@ -510,8 +513,7 @@ class OpenAISession(RealtimeSession):
                         item = event.get("item_id")
                         chars[item] = chars.get(item, 0) + len(delta)
                         self._audio_heard = True
-                        await sink(AudioFrame(payload=delta, track="outbound", item_id=item,
-                                              codec="pcmu", sample_rate=8000))
+                        await sink(audio_frame(delta, "pcmu", 8000, None, None, "outbound", item))
                         continue
                     handler = handlers.get(kind)
                     if handler is not None:

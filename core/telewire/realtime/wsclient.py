@@ -1,0 +1,158 @@
+"""The model WebSocket: ``websockets``' client connection with a leaner per-message path.
+
+Depends on ``websockets`` only. :func:`telewire.realtime.openai` opens every provider session with
+``connect(..., create_connection=ModelConnection)``.
+
+A call sends the model 50 small text messages a second and receives as many, so the fixed cost of
+one message matters more than anything else on the connection. ``websockets`` spends most of it
+outside the protocol: ``send`` enters an async context manager (an async generator per message)
+and ``recv`` goes through a general assembler (futures, a queue, fragmented and streamed
+messages). :class:`ModelConnection` keeps everything of ``websockets`` (handshake, protocol state
+machine, frame parsing and its size limit, pings, closing, flow control) and replaces only those
+two steps, when it is safe to:
+
+* :meth:`~ModelConnection.send` of a ``str`` while the connection is open, no fragmented message
+  is in progress and no extension is negotiated writes one masked text frame straight to the
+  transport; anything else goes through ``websockets`` unchanged. The masking keys come from
+  ``os.urandom`` like ``websockets``' own (RFC 6455 section 5.3 asks for a strong source of
+  entropy), read 4 KiB at a time instead of one system call per frame.
+* :meth:`~ModelConnection.recv` takes whole messages from a plain deque filled by
+  :meth:`process_event` (fragments joined), pausing the socket past ``max_queue`` messages as
+  ``websockets`` does. Once the connection is lost and the deque is empty it raises the same
+  :class:`~websockets.exceptions.ConnectionClosed` as ``websockets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections import deque
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - the pure-Python build of websockets
+    from websockets.utils import apply_mask
+
+__all__ = ["ModelConnection"]
+
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_OPEN = State.OPEN
+_MASK_POOL = 4096  # bytes of os.urandom read at once: 1024 masking keys
+
+
+def _text_frame_head(length: int) -> bytes:
+    """FIN + text opcode, the mask bit and the payload length (RFC 6455 section 5.2)."""
+    if length < 126:
+        return bytes((0x81, 0x80 | length))
+    if length < 0x10000:
+        return struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    return struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+
+
+class ModelConnection(ClientConnection):
+    """A ``websockets`` client connection with direct text sends and a deque of received messages.
+
+    ``recv(decode=None)`` returns text messages as ``str`` and binary ones as ``bytes``;
+    ``decode=False`` returns ``bytes`` for both, ``decode=True`` ``str`` for both (as
+    ``websockets``). One coroutine may wait in :meth:`recv` at a time.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._inbox: deque[tuple[bool, bytes]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._reading_paused = False
+        self._lost = False
+        self._masks = b""
+        self._mask_at = _MASK_POOL
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def process_event(self, event: Any) -> None:
+        if self.response is None or not isinstance(event, Frame):
+            super().process_event(event)  # the handshake response
+            return
+        opcode = event.opcode
+        if opcode is _TEXT or opcode is _BINARY:
+            if event.fin:
+                self._deliver(opcode is _TEXT, bytes(event.data))
+            else:
+                self._fragments, self._fragments_text = [bytes(event.data)], opcode is _TEXT
+        elif opcode is _CONT:
+            if self._fragments is None:  # the protocol refuses this before it gets here
+                return
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._deliver(self._fragments_text, data)
+        else:
+            super().process_event(event)  # ping, pong, close: websockets' own handling
+
+    def _deliver(self, text: bool, data: bytes) -> None:
+        self._inbox.append((text, data))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        high = self.max_queue_high
+        if high is not None and not self._reading_paused and len(self._inbox) >= high:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    async def recv(self, decode: bool | None = None) -> Any:  # type: ignore[override]
+        inbox = self._inbox
+        while not inbox:
+            if self._lost:
+                raise self.protocol.close_exc from self.connection_exc
+            self._waiter = waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        text, data = inbox.popleft()
+        if self._reading_paused:
+            low = self.max_queue_low
+            if low is None:  # websockets' default low-water mark
+                low = (self.max_queue_high or 0) // 4
+            if len(inbox) <= low:
+                self._reading_paused = False
+                self.transport.resume_reading()
+        if decode is None:
+            decode = text
+        return data.decode() if decode else data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _mask_key(self) -> bytes:
+        at = self._mask_at
+        if at >= _MASK_POOL:
+            self._masks, at = os.urandom(_MASK_POOL), 0
+        self._mask_at = at + 4
+        return self._masks[at:at + 4]
+
+    async def send(self, message: Any, text: bool | None = None) -> None:  # type: ignore[override]
+        protocol = self.protocol
+        if (type(message) is str and text is None and protocol.state is _OPEN
+                and self.send_in_progress is None and not protocol.expect_continuation_frame
+                and not protocol.extensions and not self.transport.is_closing()):
+            data = message.encode()
+            mask = self._mask_key()
+            self.transport.write(_text_frame_head(len(data)) + mask + apply_mask(data, mask))
+            if self.paused:
+                await self.drain()
+            return
+        await super().send(message, text=text)
