@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from telewire.realtime.wsclient import ModelConnection
+from telewire.realtime.wsclient import LeanServerConnection, ModelConnection
 
 
 async def _server(handler):
@@ -121,3 +121,23 @@ async def test_masking_keys_come_from_a_refilled_pool():
             assert len(set(keys)) > 2000  # 32-bit random keys: collisions are rare
             await ws.send("still valid after refills")
             assert await ws.recv() == "still valid after refills"
+
+
+async def test_the_lean_server_connection_serves_a_stock_client():
+    """The server side (used by the fake realtime server): unmasked frames a stock websockets
+    client accepts, at every length class, and fragments from the client joined."""
+    async def echo(ws):
+        assert isinstance(ws, LeanServerConnection)
+        async for message in ws:
+            await ws.send(message)
+
+    server = await serve(echo, "127.0.0.1", 0, compression=None, max_size=None,
+                         create_connection=LeanServerConnection)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None, max_size=None) as ws:
+            for text in ("x", "a" * 126, "é" * 40000, "c" * 70000):
+                await ws.send(text)
+                assert await ws.recv() == text
+            await ws.send(["in ", "parts"])
+            assert await ws.recv() == "in parts"

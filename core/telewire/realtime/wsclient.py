@@ -1,7 +1,9 @@
-"""The model WebSocket: ``websockets``' client connection with a leaner per-message path.
+"""The model WebSocket: ``websockets``' connections with a leaner per-message path.
 
-Depends on ``websockets`` only. :func:`telewire.realtime.openai` opens every provider session with
-``connect(..., create_connection=ModelConnection)``.
+Depends on ``websockets`` only. :mod:`telewire.realtime.openai` opens every provider session with
+``connect(..., create_connection=ModelConnection)``; the fake realtime server of
+:mod:`telewire.testing` serves with :class:`LeanServerConnection`, so that a load test's harness
+costs its core as little as the system it measures.
 
 A call sends the model 50 small text messages a second and receives as many, so the fixed cost of
 one message matters more than anything else on the connection. ``websockets`` spends most of it
@@ -11,14 +13,14 @@ messages). :class:`ModelConnection` keeps everything of ``websockets`` (handshak
 machine, frame parsing and its size limit, pings, closing, flow control) and replaces only those
 two steps, when it is safe to:
 
-* :meth:`~ModelConnection.send` of a ``str`` while the connection is open, no fragmented message
-  is in progress and no extension is negotiated writes one masked text frame straight to the
-  transport; anything else goes through ``websockets`` unchanged. The masking keys come from
-  ``os.urandom`` like ``websockets``' own (RFC 6455 section 5.3 asks for a strong source of
-  entropy), read 4 KiB at a time instead of one system call per frame.
-* :meth:`~ModelConnection.recv` takes whole messages from a plain deque filled by
-  :meth:`process_event` (fragments joined), pausing the socket past ``max_queue`` messages as
-  ``websockets`` does. Once the connection is lost and the deque is empty it raises the same
+* ``send`` of a ``str`` while the connection is open, no fragmented message is in progress and no
+  extension is negotiated writes one text frame straight to the transport; anything else goes
+  through ``websockets`` unchanged. A client masks the frame with a key from ``os.urandom`` like
+  ``websockets``' own (RFC 6455 section 5.3 asks for a strong source of entropy), read 4 KiB at a
+  time instead of one system call per frame.
+* ``recv`` takes whole messages from a plain deque filled by ``process_event`` (fragments
+  joined), pausing the socket past ``max_queue`` messages as ``websockets`` does. Once the
+  connection is lost and the deque is empty it raises the same
   :class:`~websockets.exceptions.ConnectionClosed` as ``websockets``.
 """
 
@@ -31,6 +33,7 @@ from collections import deque
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
@@ -39,29 +42,34 @@ try:
 except ImportError:  # pragma: no cover - the pure-Python build of websockets
     from websockets.utils import apply_mask
 
-__all__ = ["ModelConnection"]
+__all__ = ["LeanServerConnection", "ModelConnection"]
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _OPEN = State.OPEN
 _MASK_POOL = 4096  # bytes of os.urandom read at once: 1024 masking keys
 
 
-def _text_frame_head(length: int) -> bytes:
-    """FIN + text opcode, the mask bit and the payload length (RFC 6455 section 5.2)."""
+def _text_frame_head(length: int, masked: int) -> bytes:
+    """FIN + text opcode, the mask bit (``masked``: 0x80 or 0) and the payload length
+    (RFC 6455 section 5.2)."""
     if length < 126:
-        return bytes((0x81, 0x80 | length))
+        return bytes((0x81, masked | length))
     if length < 0x10000:
-        return struct.pack("!BBH", 0x81, 0x80 | 126, length)
-    return struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+        return struct.pack("!BBH", 0x81, masked | 126, length)
+    return struct.pack("!BBQ", 0x81, masked | 127, length)
 
 
-class ModelConnection(ClientConnection):
-    """A ``websockets`` client connection with direct text sends and a deque of received messages.
+class _LeanPath:
+    """Direct text sends and a deque of received messages, mixed into a ``websockets``
+    connection class (client or server).
 
     ``recv(decode=None)`` returns text messages as ``str`` and binary ones as ``bytes``;
     ``decode=False`` returns ``bytes`` for both, ``decode=True`` ``str`` for both (as
     ``websockets``). One coroutine may wait in :meth:`recv` at a time.
     """
+
+    #: client frames are masked (RFC 6455 section 5.3), server frames are not
+    _masked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -77,8 +85,8 @@ class ModelConnection(ClientConnection):
     # -- receiving -------------------------------------------------------------------------------
 
     def process_event(self, event: Any) -> None:
-        if self.response is None or not isinstance(event, Frame):
-            super().process_event(event)  # the handshake response
+        if not isinstance(event, Frame):
+            super().process_event(event)  # the handshake request or response
             return
         opcode = event.opcode
         if opcode is _TEXT or opcode is _BINARY:
@@ -150,9 +158,23 @@ class ModelConnection(ClientConnection):
                 and self.send_in_progress is None and not protocol.expect_continuation_frame
                 and not protocol.extensions and not self.transport.is_closing()):
             data = message.encode()
-            mask = self._mask_key()
-            self.transport.write(_text_frame_head(len(data)) + mask + apply_mask(data, mask))
+            if self._masked:
+                mask = self._mask_key()
+                self.transport.write(_text_frame_head(len(data), 0x80) + mask
+                                     + apply_mask(data, mask))
+            else:
+                self.transport.write(_text_frame_head(len(data), 0) + data)
             if self.paused:
                 await self.drain()
             return
         await super().send(message, text=text)
+
+
+class ModelConnection(_LeanPath, ClientConnection):  # type: ignore[misc]
+    """The client connection to a realtime model (``create_connection`` of ``connect``)."""
+
+    _masked = True
+
+
+class LeanServerConnection(_LeanPath, ServerConnection):  # type: ignore[misc]
+    """A server connection with the same lean path (``create_connection`` of ``serve``)."""

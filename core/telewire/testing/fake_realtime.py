@@ -55,6 +55,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from telewire import jsonfast
+from telewire.realtime.wsclient import LeanServerConnection
 
 __all__ = ["FakeConnection", "FakeRealtimeServer", "FunctionOutput", "MODES", "ResponseRecord",
            "ScriptedToolCall", "Truncation", "main", "talk_audio"]
@@ -1334,7 +1335,8 @@ class FakeRealtimeServer:
         if self._server is not None:
             raise RuntimeError("FakeRealtimeServer.start() called twice")
         self._server = await serve(self._serve, self.host, self.port, process_request=self._route,
-                                   compression=None, max_size=16 * 1024 * 1024)
+                                   compression=None, max_size=16 * 1024 * 1024,
+                                   create_connection=LeanServerConnection)
         self.port = self._server.sockets[0].getsockname()[1]
         logger.debug("fake realtime server listening on {}", self.url)
 
