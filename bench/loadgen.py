@@ -389,7 +389,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await sampler
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"sent_s": list(stats.sent_times), "rtt_ms": list(stats.latencies_ms)}, f)
+            json.dump({"sent_s": list(stats.sent_times), "rtt_ms": list(stats.latencies_ms), "window_start_t": (marks.get("window_start") or {}).get("t")}, f)
     lat = sorted(stats.latencies_ms)
     sent = sum(len(c.sent_at) for c in calls)
     received = sum(c.received for c in calls)

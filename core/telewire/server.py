@@ -34,6 +34,10 @@ from telewire.settings import ServerSettings
 
 __all__ = ["TelewireServer"]
 
+TEXT, BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+#: what ``receive`` returns once the media socket is closing or closed (ends ``async for``)
+_SOCKET_DONE = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
 #: Builds the observers of one call: ``{(node, port): [observer, …]}``; ``("*", "*")`` taps all.
 ObserverFactory = Callable[[], Mapping[tuple[str, str], list[Observer]]]
 
@@ -321,14 +325,19 @@ class TelewireServer:
         closer = asyncio.ensure_future(self._close_when_ended(call, ws))
         reason, detail = "socket_closed", ""
         try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    await tel_in.feed(msg.data)
-                elif msg.type is WSMsgType.ERROR:
+            receive, feed, ended = ws.receive, tel_in.feed, call.ended
+            while True:  # ``async for msg in ws`` without its extra coroutine per message
+                msg = await receive()
+                kind = msg.type
+                if kind is TEXT or kind is BINARY:
+                    await feed(msg.data)
+                elif kind in _SOCKET_DONE:
+                    break
+                elif kind is WSMsgType.ERROR:
                     reason, detail = "socket_error", str(ws.exception())
                     call.log.error("media socket error: {}", detail)
                     break
-                if call.ended.is_set():
+                if ended.is_set():
                     break
             if ws.close_code and ws.close_code not in (1000, 1001):
                 detail = detail or f"close code {ws.close_code}"
