@@ -13,6 +13,10 @@ that arrives meanwhile is kept), waits for ``session.created`` and sends ``sessi
 mu-law both ways; each ``media`` is parsed and forwarded as ``input_audio_buffer.append``; each
 model event is parsed and a ``response.output_audio.delta`` is forwarded as a Twilio ``media``.
 Nothing else: no validation, no logging per call, no marks, no barge-in.
+
+``--lean-model-connection`` opens the model socket with telewire's ``ModelConnection``
+(``telewire.realtime.wsclient``) instead of ``websockets``' stock client connection, so that the
+benchmark can also report telewire's overhead with that connection's saving taken out.
 """
 
 from __future__ import annotations
@@ -43,9 +47,14 @@ _SESSION_UPDATE = json.dumps({"type": "session.update", "session": {
 class BareRelay:
     """The relay: one aiohttp route, one model socket per call."""
 
-    def __init__(self, model_url: str, api_key: str) -> None:
+    def __init__(self, model_url: str, api_key: str, *, lean: bool = False) -> None:
         self.model_url = model_url
         self.api_key = api_key
+        self.connect_options: dict[str, Any] = {}
+        if lean:
+            from telewire.realtime.wsclient import ModelConnection
+
+            self.connect_options["create_connection"] = ModelConnection
         self.calls = 0
         self.app = web.Application()
         self.app.add_routes([web.get("/media/{carrier}", self.media),
@@ -65,7 +74,8 @@ class BareRelay:
         async def open_model(stream_sid: str) -> None:
             nonlocal reader
             model = await connect(self.model_url, compression=None, max_size=4 * 1024 * 1024,
-                                  additional_headers={"Authorization": "Bearer " + self.api_key})
+                                  additional_headers={"Authorization": "Bearer " + self.api_key},
+                                  **self.connect_options)
             state["model"] = model
             while True:  # wait for session.created
                 event = loads(await model.recv(decode=False))
@@ -135,8 +145,8 @@ def _use_loop(choice: str) -> str:
     return "asyncio"
 
 
-async def serve(port: int, model_url: str, api_key: str) -> None:
-    relay = BareRelay(model_url, api_key)
+async def serve(port: int, model_url: str, api_key: str, lean: bool) -> None:
+    relay = BareRelay(model_url, api_key, lean=lean)
     runner = web.AppRunner(relay.app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
@@ -154,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model-url", required=True,
                    help="the realtime model WebSocket, e.g. ws://127.0.0.1:8765/v1/realtime?model=gpt-realtime")
+    p.add_argument("--lean-model-connection", action="store_true",
+                   help="open the model socket with telewire.realtime.wsclient.ModelConnection")
     args = p.parse_args(argv)
     loop_name = _use_loop(os.environ.get("TELEWIRE_LOOP", "auto"))
-    print(f"bare relay on 127.0.0.1:{args.port} ({loop_name} event loop)", file=sys.stderr)
-    asyncio.run(serve(args.port, args.model_url, os.environ.get("OPENAI_API_KEY", "placeholder")))
+    print(f"bare relay on 127.0.0.1:{args.port} ({loop_name} event loop"
+          + (", lean model connection)" if args.lean_model_connection else ")"), file=sys.stderr)
+    asyncio.run(serve(args.port, args.model_url, os.environ.get("OPENAI_API_KEY", "placeholder"),
+                      args.lean_model_connection))
     return 0
 
 

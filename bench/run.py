@@ -48,8 +48,9 @@ TELEWIRE = str(Path(PY).parent / "telewire")
 RESULTS = BENCH / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BAR = 1.5  # telewire may cost at most this many times the bare relay (CPU and p99)
-SYSTEMS = ("baseline", "telewire", "telewire-relay", "telewire-asyncio")
-NAMES = {"baseline": "bare relay", "telewire": "telewire", "telewire-relay": "telewire, relay graph",
+SYSTEMS = ("baseline", "baseline-lean", "telewire", "telewire-relay", "telewire-asyncio")
+NAMES = {"baseline": "bare relay", "baseline-lean": "bare relay, lean model connection",
+         "telewire": "telewire", "telewire-relay": "telewire, relay graph",
          "telewire-asyncio": "telewire, asyncio loop"}
 SATURATED = 0.95  # a server process this busy (cores) cannot keep up: its figures are floors
 
@@ -253,10 +254,11 @@ def _system_cmd(system: str, port: int, fake_port: int) -> tuple[list[str], dict
     model = f"ws://127.0.0.1:{fake_port}/v1/realtime"
     env = _env(OPENAI_API_KEY="placeholder", TELEWIRE_LOG_LEVEL="WARNING",
                TELEWIRE_DRAIN_TIMEOUT_S="2")
-    if system == "baseline":
+    if system in ("baseline", "baseline-lean"):
         env["TELEWIRE_LOOP"] = "auto"
+        lean = ["--lean-model-connection"] if system == "baseline-lean" else []
         return [PY, str(BENCH / "bare_relay.py"), "--port", str(port),
-                "--model-url", model + "?model=gpt-realtime"], env
+                "--model-url", model + "?model=gpt-realtime", *lean], env
     env["TELEWIRE_LOOP"] = "asyncio" if system == "telewire-asyncio" else "auto"
     graph = ["--config", str(_relay_graph)] if system == "telewire-relay" else []
     return [TELEWIRE, "serve", "--host", "127.0.0.1", "--port", str(port), *graph,
@@ -457,11 +459,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     "runs": len(use), "contaminated": not clean,
                     "saturated": any(r["saturated"] for r in use)}
         base = per.get("baseline")
+        lean = per.get("baseline-lean")
         for system in SYSTEMS[1:]:
             tw = per.get(system)
             if base and tw:
-                tw["ratio"] = {k: _ratio(tw[k], base[k]) for k in
-                               ("cpu_s_per_call_min", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_call")}
+                tw["ratio"] = {k: _ratio(tw[k], base[k]) for k in _RATIO_KEYS}
+            if lean and tw and system.startswith("telewire"):
+                tw["ratio_lean"] = {k: _ratio(tw[k], lean[k]) for k in _RATIO_KEYS}
         for system, key in (("telewire", "meets_bar"), ("telewire-relay", "meets_bar_relay")):
             tw = per.get(system)
             if base and tw:
@@ -471,6 +475,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                 and (tw["ratio"]["rtt_p99_ms"] or 99) <= BAR)
         out[str(n)] = per
     return out
+
+
+_RATIO_KEYS = ("cpu_s_per_call_min", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_call")
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -518,10 +525,15 @@ def render_docs(report: dict[str, Any]) -> str:
         "  open the model socket and send `session.update`, JSON-parse each `media` and send",
         "  `input_audio_buffer.append` with the payload, JSON-parse each model event and send each",
         "  `response.output_audio.delta` back as a Twilio `media`. It uses the same server library",
-        "  (aiohttp), the same model client (`websockets`), the same JSON parser",
+        "  (aiohttp), the same model client library (`websockets`, as shipped), the same JSON parser",
         "  (`telewire.jsonfast.loads`), the same way of building messages (concatenation around the",
-        "  base64 text) and the same event loop as telewire, so the ratio measures telewire's own",
-        "  overhead (frames, graph dispatch, carrier hooks, validation, logging), not a library choice.",
+        "  base64 text) and the same event loop as telewire, so the ratio measures what telewire",
+        "  adds or saves (frames, graph dispatch, carrier hooks, validation, marks, its model",
+        "  connection), not a library choice.",
+        "* **The bare relay, lean model connection** is the same relay opening its model socket with",
+        "  telewire's `ModelConnection` (`telewire.realtime.wsclient`: websockets with direct text",
+        "  sends and a plain receive queue), run at the largest N. telewire ÷ this row is telewire's",
+        "  overhead with the model connection's saving taken out.",
         "* **The model** is `telewire.testing.fake_realtime` in echo mode (a fresh process per run,",
         "  on uvloop): every `input_audio_buffer.append` comes back as one",
         "  `response.output_audio.delta` with the identical base64.",
@@ -588,12 +600,14 @@ def render_docs(report: dict[str, Any]) -> str:
                 f"| {_fmt(r['rss_kib_per_call'], 1)} | {_fmt(r['calls_completed'])} / {n} "
                 f"| {_fmt(r['sut_core_busy'])} | {_fmt(r['sut_core_all_busy'])} "
                 f"| {_fmt(r['harness_core_busy'])} | {_fmt(r['foreign_cores'])} |")
-            if "ratio" in r:
-                q = r["ratio"]
-                lines.append(
-                    f"| {n} | *{name} ÷ bare relay* | *{_fmt(q['cpu_s_per_call_min'])}×* "
-                    f"| *{_fmt(q['rtt_p50_ms'])}×* | *{_fmt(q['rtt_p99_ms'])}×* | | "
-                    f"*{_fmt(q['rss_kib_per_call'])}×* | | | | | |")
+            for key, against in (("ratio", "bare relay"),
+                                 ("ratio_lean", NAMES["baseline-lean"])):
+                if key in r:
+                    q = r[key]
+                    lines.append(
+                        f"| {n} | *{name} ÷ {against}* | *{_fmt(q['cpu_s_per_call_min'])}×* "
+                        f"| *{_fmt(q['rtt_p50_ms'])}×* | *{_fmt(q['rtt_p99_ms'])}×* | | "
+                        f"*{_fmt(q['rss_kib_per_call'])}×* | | | | | |")
     lines += ["", "## The bar", "",
               f"At 200 concurrent calls for 20 s: zero lost frames, and telewire's CPU per call-minute "
               f"and p99 round trip at most {BAR}× the bare relay's, in the same run.", ""]
@@ -697,6 +711,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the telewire run on the stdlib asyncio loop")
     p.add_argument("--loop-calls", type=int, default=0, metavar="N",
                    help="calls for the asyncio-loop run (default: the largest of --calls)")
+    p.add_argument("--no-lean-baseline", action="store_true",
+                   help="skip the bare relay on telewire's model connection (run at the largest N)")
     p.add_argument("--profile", action="store_true",
                    help="also profile telewire at the largest N with py-spy (an extra run)")
     p.add_argument("--quiet", type=float, default=0.15, metavar="CORES",
@@ -782,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
             plan += [("baseline", n), ("telewire", n)]
             if not args.no_relay_graph:
                 plan.append(("telewire-relay", n))
+            if n == max(args.call_counts) and not args.no_lean_baseline:
+                plan.append(("baseline-lean", n))
     if has_uvloop and not args.no_loop_check:
         plan.append(("telewire-asyncio", args.loop_calls or max(args.call_counts)))
     per_run = args.stagger + args.warmup + args.seconds + 6
