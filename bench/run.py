@@ -7,8 +7,9 @@ For each N (``--calls 50,200``), each system under test runs in its own fresh pr
 own fresh fake OpenAI Realtime server in echo mode (``telewire.testing.fake_realtime``), loaded by
 ``bench/loadgen.py`` for ``--seconds`` of measured window: the bare relay, ``telewire serve`` on
 the default graph, and ``telewire serve`` on the default graph cut down to the relay path, in turn,
-``--repeat`` times. At the largest N one more telewire run uses the stdlib asyncio loop
-(``TELEWIRE_LOOP=asyncio``) to show whether uvloop pays. The machine may be shared: before each
+``--repeat`` times; at the largest N also the bare relay on telewire's model connection. At the
+smallest N one more telewire run uses the stdlib asyncio loop (``TELEWIRE_LOOP=asyncio``) to
+show whether uvloop pays. The machine may be shared: before each
 run the script waits for other processes to go quiet, and runs again a run they disturbed
 (``--quiet``, ``--patience``, ``--retries``). On a machine with two or more cores
 the system under test is pinned to core 0 and everything else (fake model, load generator, this
@@ -547,8 +548,9 @@ def render_docs(report: dict[str, Any]) -> str:
          "* **Pinning**: none (fewer than two cores, or `--no-pin`)."),
         "* **Order**: for each N the bare relay, then telewire, then telewire on the relay graph"
         + (f", repeated {s['repeat']} times (figures are medians; lost frames the worst run)"
-           if s["repeat"] > 1 else "") + "; at the largest N one more telewire run on the",
-        "  stdlib asyncio loop (`TELEWIRE_LOOP=asyncio`).",
+           if s["repeat"] > 1 else "") + "; at the largest N, in each repeat, the bare relay on",
+        "  telewire's model connection; at the smallest N one more telewire run on the stdlib asyncio",
+        "  loop (`TELEWIRE_LOOP=asyncio`).",
         "",
         "## Figures",
         "",
@@ -710,7 +712,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-loop-check", action="store_true",
                    help="skip the telewire run on the stdlib asyncio loop")
     p.add_argument("--loop-calls", type=int, default=0, metavar="N",
-                   help="calls for the asyncio-loop run (default: the largest of --calls)")
+                   help="calls for the asyncio-loop run (default: the smallest of --calls, where the default graph keeps up on both loops)")
     p.add_argument("--no-lean-baseline", action="store_true",
                    help="skip the bare relay on telewire's model connection (run at the largest N)")
     p.add_argument("--profile", action="store_true",
@@ -801,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             if n == max(args.call_counts) and not args.no_lean_baseline:
                 plan.append(("baseline-lean", n))
     if has_uvloop and not args.no_loop_check:
-        plan.append(("telewire-asyncio", args.loop_calls or max(args.call_counts)))
+        plan.append(("telewire-asyncio", args.loop_calls or min(args.call_counts)))
     per_run = args.stagger + args.warmup + args.seconds + 6
     print(f"bench: {len(plan)} runs of ~{per_run:.0f} s ({'pinned' if pinned else 'unpinned'}; "
           f"logs in {logdir})", flush=True)

@@ -149,6 +149,7 @@ class Recorder(Node):
         self._events: IO[str] | None = None
         self._seq = 0
         self._json_cache: dict[str | None, str] = {}
+        self._line_parts: dict[tuple[Any, ...], tuple[str, str, str]] = {}
 
     @staticmethod
     def _classify(call: Any) -> tuple[set[tuple[str, str]], set[tuple[str, str]],
@@ -272,18 +273,30 @@ class Recorder(Node):
         if self._events is None:
             return
         # the hot path: one line per audio frame, built without a dict (payload is base64 text)
+        # around the constant parts of its port and item, rendered once
         self._seq += 1
-        extra = ""
         ms = self._ms
-        if at is not None:
-            extra = f',"at_ms":{ms(at)},"end_ms":{ms(at + len(data))}'
-        js = self._json_str
+        extra = f',"at_ms":{ms(at)},"end_ms":{ms(at + len(data))}' if at is not None else ""
+        parts_key = (key, channel, frame.codec, frame.sample_rate, frame.track, frame.item_id)
+        parts = self._line_parts.get(parts_key)
+        if parts is None:
+            parts = self._line_parts[parts_key] = self._audio_line_parts(*parts_key)
+        head, mid, tail = parts
         self._events.write(
-            f'{{"t":{ms(now)},"src":"{key[0]}.{key[1]}","kind":"audio","channel":{js(channel)},'
-            f'"payload":"{frame.b64}","payload_encoding":"base64","codec":"{frame.codec}",'
-            f'"sample_rate":{frame.sample_rate},"timestamp_ms":{_num(frame.timestamp_ms)},'
-            f'"sequence":{_num(frame.sequence)},"track":{js(frame.track)},'
-            f'"item_id":{js(frame.item_id)}{extra},"seq":{self._seq}}}\n')
+            f'{{"t":{ms(now)}{head}{frame.b64}{mid}{_num(frame.timestamp_ms)},"sequence":'
+            f'{_num(frame.sequence)}{tail}{extra},"seq":{self._seq}}}\n')
+
+    def _audio_line_parts(self, key: tuple[str, str], channel: str | None, codec: str, rate: int,
+                          track: str, item_id: str | None) -> tuple[str, str, str]:
+        """The constant pieces of an audio frame's event line: before the payload, between the
+        payload and ``timestamp_ms``'s value, and after ``sequence``'s value."""
+        js = self._json_str
+        if len(self._line_parts) > 256:  # item ids come and go; keep the memo small
+            self._line_parts.clear()
+        return (f',"src":"{key[0]}.{key[1]}","kind":"audio","channel":{js(channel)},"payload":"',
+                f'","payload_encoding":"base64","codec":"{codec}","sample_rate":{rate},'
+                '"timestamp_ms":',
+                f',"track":{js(track)},"item_id":{js(item_id)}')
 
     def _ms(self, nbytes: int) -> str:
         """A timeline offset in bytes as milliseconds for JSON (integer when exact)."""
