@@ -16,6 +16,11 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from telewire.realtime.wsclient import LeanServerConnection, ModelConnection
 
 
+async def _echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
 async def _server(handler):
     server = await serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
     port = server.sockets[0].getsockname()[1]
@@ -23,11 +28,7 @@ async def _server(handler):
 
 
 async def test_text_round_trip_at_every_length_class():
-    async def echo(ws):
-        async for message in ws:
-            await ws.send(message)
-
-    server, url = await _server(echo)
+    server, url = await _server(_echo)
     async with server:
         async with connect(url, create_connection=ModelConnection, compression=None,
                            max_size=None) as ws:
@@ -109,11 +110,7 @@ async def test_a_waiting_recv_wakes_when_the_connection_drops():
 
 
 async def test_masking_keys_come_from_a_refilled_pool():
-    async def echo(ws):
-        async for message in ws:
-            await ws.send(message)
-
-    server, url = await _server(echo)
+    server, url = await _server(_echo)
     async with server:
         async with connect(url, create_connection=ModelConnection) as ws:
             keys = [ws._mask_key() for _ in range(2100)]  # crosses two refills of 1024 keys
@@ -128,8 +125,7 @@ async def test_the_lean_server_connection_serves_a_stock_client():
     client accepts, at every length class, and fragments from the client joined."""
     async def echo(ws):
         assert isinstance(ws, LeanServerConnection)
-        async for message in ws:
-            await ws.send(message)
+        await _echo(ws)
 
     server = await serve(echo, "127.0.0.1", 0, compression=None, max_size=None,
                          create_connection=LeanServerConnection)
