@@ -7,9 +7,9 @@ For each N (``--calls 50,200``), each system under test runs in its own fresh pr
 own fresh fake OpenAI Realtime server in echo mode (``telewire.testing.fake_realtime``), loaded by
 ``bench/loadgen.py`` for ``--seconds`` of measured window: the bare relay, ``telewire serve`` on
 the default graph, and ``telewire serve`` on the default graph cut down to the relay path, in turn,
-``--repeat`` times; at the largest N also the bare relay on telewire's model connection. At the
-smallest N one more telewire run uses the stdlib asyncio loop (``TELEWIRE_LOOP=asyncio``) to
-show whether uvloop pays. The machine may be shared: before each
+``--repeat`` times; at the largest N also the bare relay on telewire's model connection. One
+more run of the relay graph at the largest N (which it sustains) uses the stdlib asyncio loop
+(``TELEWIRE_LOOP=asyncio``) to show whether uvloop pays. The machine may be shared: before each
 run the script waits for other processes to go quiet, and runs again a run they disturbed
 (``--quiet``, ``--patience``, ``--retries``). On a machine with two or more cores
 the system under test is pinned to core 0 and everything else (fake model, load generator, this
@@ -49,10 +49,14 @@ TELEWIRE = str(Path(PY).parent / "telewire")
 RESULTS = BENCH / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BAR = 1.5  # telewire may cost at most this many times the bare relay (CPU and p99)
-SYSTEMS = ("baseline", "baseline-lean", "telewire", "telewire-relay", "telewire-asyncio")
+SYSTEMS = ("baseline", "baseline-lean", "telewire", "telewire-relay", "telewire-asyncio",
+           "telewire-relay-asyncio")
 NAMES = {"baseline": "bare relay", "baseline-lean": "bare relay, lean model connection",
          "telewire": "telewire", "telewire-relay": "telewire, relay graph",
-         "telewire-asyncio": "telewire, asyncio loop"}
+         "telewire-asyncio": "telewire, asyncio loop",
+         "telewire-relay-asyncio": "telewire, relay graph, asyncio loop"}
+#: the uvloop check: a system on the stdlib loop and the same system on uvloop
+LOOP_PAIRS = (("telewire-relay-asyncio", "telewire-relay"), ("telewire-asyncio", "telewire"))
 SATURATED = 0.95  # a server process this busy (cores) cannot keep up: its figures are floors
 
 # The fake model runs on uvloop when it is installed: it is harness, not the system measured.
@@ -260,8 +264,8 @@ def _system_cmd(system: str, port: int, fake_port: int) -> tuple[list[str], dict
         lean = ["--lean-model-connection"] if system == "baseline-lean" else []
         return [PY, str(BENCH / "bare_relay.py"), "--port", str(port),
                 "--model-url", model + "?model=gpt-realtime", *lean], env
-    env["TELEWIRE_LOOP"] = "asyncio" if system == "telewire-asyncio" else "auto"
-    graph = ["--config", str(_relay_graph)] if system == "telewire-relay" else []
+    env["TELEWIRE_LOOP"] = "asyncio" if system.endswith("-asyncio") else "auto"
+    graph = ["--config", str(_relay_graph)] if system.startswith("telewire-relay") else []
     return [TELEWIRE, "serve", "--host", "127.0.0.1", "--port", str(port), *graph,
             "--set", "rt.config.provider=openai", "--set", f"rt.config.url={model}"], env
 
@@ -549,8 +553,8 @@ def render_docs(report: dict[str, Any]) -> str:
         "* **Order**: for each N the bare relay, then telewire, then telewire on the relay graph"
         + (f", repeated {s['repeat']} times (figures are medians; lost frames the worst run)"
            if s["repeat"] > 1 else "") + "; at the largest N, in each repeat, the bare relay on",
-        "  telewire's model connection; at the smallest N one more telewire run on the stdlib asyncio",
-        "  loop (`TELEWIRE_LOOP=asyncio`).",
+        "  telewire's model connection; last, one run of the relay graph at the largest N on the",
+        "  stdlib asyncio loop (`TELEWIRE_LOOP=asyncio`).",
         "",
         "## Figures",
         "",
@@ -666,13 +670,15 @@ def _describe_source(src: dict[str, Any]) -> str:
 
 
 def uvloop_note(summary: dict[str, Any]) -> str | None:
-    for n in sorted(summary, key=int, reverse=True):
+    for n, (slow, fast) in ((n, pair) for n in sorted(summary, key=int, reverse=True)
+                            for pair in LOOP_PAIRS):
         per = summary[n]
-        a, u = per.get("telewire-asyncio"), per.get("telewire")
+        a, u = per.get(slow), per.get(fast)
         if not (a and u):
             continue
+        what = NAMES[fast]
         if a.get("saturated") or u.get("saturated"):
-            return (f"At {n} calls telewire saturated its core on "
+            return (f"At {n} calls {what} saturated its core on "
                     + ("both loops" if a.get("saturated") and u.get("saturated") else
                        "the asyncio loop" if a.get("saturated") else "uvloop")
                     + f" (CPU s per call-minute {_fmt(a['cpu_s_per_call_min'], 3)} on asyncio, "
@@ -682,13 +688,14 @@ def uvloop_note(summary: dict[str, Any]) -> str | None:
         cpu = _ratio(a["cpu_s_per_call_min"], u["cpu_s_per_call_min"])
         p99 = _ratio(a["rtt_p99_ms"], u["rtt_p99_ms"])
         pays = (cpu or 0) > 1.05
-        return (f"At {n} calls telewire on the stdlib asyncio loop used {_fmt(cpu)}× the CPU per "
-                f"call-minute of telewire on uvloop, with {_fmt(p99)}× its p99 round trip "
+        return (f"At {n} calls {what} on the stdlib asyncio loop used {_fmt(cpu)}× the CPU per "
+                f"call-minute of the same on uvloop, with {_fmt(p99)}× its p99 round trip "
                 f"({_fmt(a['cpu_s_per_call_min'], 3)} vs {_fmt(u['cpu_s_per_call_min'], 3)} CPU s "
                 f"per call-minute; p99 {_fmt(a['rtt_p99_ms'])} vs {_fmt(u['rtt_p99_ms'])} ms). "
                 + ("By CPU uvloop pays: keep `TELEWIRE_LOOP=auto` (uvloop when installed)."
                    if pays else "By CPU uvloop does not pay measurably here (within 5 %).")
-                + " (One run each way: the p99 is noisier than the CPU figure.)")
+                + " (One run on asyncio against the median of the uvloop runs: the p99 is noisier "
+                "than the CPU figure.)")
     return None
 
 
@@ -712,7 +719,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-loop-check", action="store_true",
                    help="skip the telewire run on the stdlib asyncio loop")
     p.add_argument("--loop-calls", type=int, default=0, metavar="N",
-                   help="calls for the asyncio-loop run (default: the smallest of --calls, where the default graph keeps up on both loops)")
+                   help="run the asyncio-loop check on the default graph at N calls (default: "
+                        "the relay graph at the largest of --calls)")
     p.add_argument("--no-lean-baseline", action="store_true",
                    help="skip the bare relay on telewire's model connection (run at the largest N)")
     p.add_argument("--profile", action="store_true",
@@ -803,7 +811,10 @@ def main(argv: list[str] | None = None) -> int:
             if n == max(args.call_counts) and not args.no_lean_baseline:
                 plan.append(("baseline-lean", n))
     if has_uvloop and not args.no_loop_check:
-        plan.append(("telewire-asyncio", args.loop_calls or min(args.call_counts)))
+        if args.loop_calls or args.no_relay_graph:
+            plan.append(("telewire-asyncio", args.loop_calls or min(args.call_counts)))
+        else:  # the relay graph keeps up at the largest N, where the loop matters most
+            plan.append(("telewire-relay-asyncio", max(args.call_counts)))
     per_run = args.stagger + args.warmup + args.seconds + 6
     print(f"bench: {len(plan)} runs of ~{per_run:.0f} s ({'pinned' if pinned else 'unpinned'}; "
           f"logs in {logdir})", flush=True)
