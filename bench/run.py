@@ -633,6 +633,12 @@ def render_docs(report: dict[str, Any]) -> str:
                          f"{_fmt(tw['ratio']['cpu_s_per_call_min'])}×, p99 "
                          f"{_fmt(tw['ratio']['rtt_p99_ms'])}×, completed "
                          f"{tw['calls_completed']} / {n}.")
+    lines += ["", "How far to trust one run: at 200 calls telewire's p99 has moved by several times from",
+              "run to run while its CPU ratio and p50 held steady. Its slow frames come in bursts of a",
+              "few hundred milliseconds in which every call is late (`loadgen.py --dump` shows them),",
+              "the mark of a backlog after a short stall, which a server at 0.7 of a core works off",
+              "more slowly than the bare relay at 0.6. Compare several runs (`--repeat`, and the",
+              "files in `bench/results/`) before reading a p99 ratio as a verdict."]
     lines += ["", "## Does uvloop pay?", ""]
     loop_note = report.get("uvloop")
     if loop_note:
