@@ -15,6 +15,7 @@ from telewire.frames import (
     StartFrame,
     SteerFrame,
     TranscriptFrame,
+    audio_frame,
 )
 
 
@@ -74,3 +75,14 @@ def test_start_frame_parameters_are_read_only():
     assert f.custom_parameters["a"] == "1"
     with pytest.raises(TypeError):
         f.custom_parameters["b"] = "x"  # type: ignore[index]
+
+
+def test_the_hot_path_constructor_makes_the_same_frozen_frame():
+    """``audio_frame`` (positional, no re-validation) builds what ``AudioFrame(...)`` builds."""
+    fast = audio_frame("AAAA", "pcmu", 8000, 40, 3, "outbound", "item_1")
+    slow = AudioFrame(payload="AAAA", codec="pcmu", sample_rate=8000, timestamp_ms=40,
+                      sequence=3, track="outbound", item_id="item_1")
+    assert fast == slow and hash(fast) == hash(slow) and type(fast) is AudioFrame
+    assert fast.byte_length == 3 and fast.data == b"\0\0\0"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.payload = "BBBB"  # type: ignore[misc]
