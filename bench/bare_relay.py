@@ -1,14 +1,14 @@
 """The benchmark's baseline: the least a Twilio <-> OpenAI Realtime relay can do, for comparison.
 
-Depends on aiohttp, websockets and ``telewire.jsonfast`` only; ``bench/run.py`` starts it as a
-separate process (``python bench/bare_relay.py --port P --model-url ws://…``).
+Depends on aiohttp, websockets, ``telewire.jsonfast`` and ``telewire.eventloop`` only;
+``bench/run.py`` starts it as a separate process (``python bench/bare_relay.py --port P --model-url ws://…``).
 
 It uses what telewire uses on the same path, so that the ratio of the two measures telewire's own
 overhead (frames, graph, carrier hooks, validation, logging) and not a choice of library: an
 aiohttp server for the carrier's WebSocket, a ``websockets`` client to the model, the same JSON
 parser (``telewire.jsonfast.loads``), outbound messages built by concatenation around the base64
-text (as telewire's templates do), and the same event loop (``TELEWIRE_LOOP``: ``auto`` uses
-uvloop when installed). Per call: on ``start`` it opens the model socket in a task (caller audio
+text (as telewire's templates do), and the same event loop, chosen by the same function as
+``telewire serve`` (``TELEWIRE_LOOP``: ``auto`` uses uvloop when installed). Per call: on ``start`` it opens the model socket in a task (caller audio
 that arrives meanwhile is kept), waits for ``session.created`` and sends ``session.update`` for
 mu-law both ways; each ``media`` is parsed and forwarded as ``input_audio_buffer.append``; each
 model event is parsed and a ``response.output_audio.delta`` is forwarded as a Twilio ``media``.
@@ -33,6 +33,8 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from telewire.errors import ConfigError
+from telewire.eventloop import use_event_loop
 from telewire.jsonfast import loads
 
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
@@ -132,19 +134,6 @@ class BareRelay:
         return ws
 
 
-def _use_loop(choice: str) -> str:
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-            return "uvloop"
-        except ImportError:
-            if choice == "uvloop":
-                raise SystemExit("TELEWIRE_LOOP=uvloop but uvloop is not installed") from None
-    return "asyncio"
-
-
 async def serve(port: int, model_url: str, api_key: str, lean: bool) -> None:
     relay = BareRelay(model_url, api_key, lean=lean)
     runner = web.AppRunner(relay.app, access_log=None, handle_signals=False)
@@ -167,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lean-model-connection", action="store_true",
                    help="open the model socket with telewire.realtime.wsclient.ModelConnection")
     args = p.parse_args(argv)
-    loop_name = _use_loop(os.environ.get("TELEWIRE_LOOP", "auto"))
+    try:
+        loop_name = use_event_loop(os.environ.get("TELEWIRE_LOOP", "auto"))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     print(f"bare relay on 127.0.0.1:{args.port} ({loop_name} event loop"
           + (", lean model connection)" if args.lean_model_connection else ")"), file=sys.stderr)
     asyncio.run(serve(args.port, args.model_url, os.environ.get("OPENAI_API_KEY", "placeholder"),

@@ -42,6 +42,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from loadgen import rss_kib  # bench/ is the script's folder, first on sys.path
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PY = sys.executable
@@ -183,14 +185,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s:\n{_tail(log)}")
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _machine_busy_ticks() -> int:
     """Busy ticks of all cores so far (user nice system irq softirq steal)."""
     with open("/proc/stat", "rb") as f:
@@ -328,7 +322,7 @@ def run_one(system: str, calls: int, args: argparse.Namespace, pins: dict[str, s
             _loadgen(port, sut.pid, fake_pid, calls=1, seconds=0.5, stagger=0, warmup=0.2,
                      drain=2, cpus=pins["harness"], log=logdir / f"{tag}.loadgen.log")
             time.sleep(0.5)
-            idle_rss = _rss_kib(sut.pid)
+            idle_rss = rss_kib(sut.pid)
             if profile is not None:
                 spy = _spawn([str(Path(PY).parent / "py-spy"), "record", "--pid", str(sut.pid),
                               "--rate", "200", "--duration", str(int(args.seconds)),

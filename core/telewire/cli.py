@@ -22,6 +22,7 @@ from pydantic import BaseModel, SecretStr
 
 from telewire import __version__
 from telewire.errors import ConfigError, TelewireError
+from telewire.eventloop import use_event_loop
 from telewire.graph import load_graph, node_types
 from telewire.registry import CarrierRegistry
 from telewire.settings import ServerSettings, load_settings, node_overrides
@@ -40,20 +41,6 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
         logger.add(sys.stderr, level=level, serialize=True)
     else:
         logger.add(sys.stderr, level=level, format=_LOG_FORMAT)
-
-
-def _event_loop_policy(choice: str) -> str:
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-            return "uvloop"
-        except ImportError:
-            if choice == "uvloop":
-                raise ConfigError("TELEWIRE_LOOP=uvloop but uvloop is not installed "
-                                  "(pip install 'telewire[uvloop]')") from None
-    return "asyncio"
 
 
 def _load(args: argparse.Namespace) -> tuple[ServerSettings, Any]:
@@ -94,7 +81,7 @@ async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | No
 def cmd_serve(args: argparse.Namespace) -> int:
     settings, graph = _load(args)
     setup_logging(settings.log_level, settings.log_json)
-    loop_name = _event_loop_policy(settings.loop)
+    loop_name = use_event_loop(settings.loop)
     logger.info("telewire {} ({} event loop), graph {}", __version__, loop_name, graph.source)
     asyncio.run(_serve(settings, graph))
     return 0
