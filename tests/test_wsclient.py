@@ -7,6 +7,9 @@ round trip here also proves the directly written frames are valid RFC 6455 clien
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 
 import pytest
 from websockets.asyncio.client import connect
@@ -37,6 +40,7 @@ async def test_text_round_trip_at_every_length_class():
             for text in ("x", "a" * 125, "b" * 126, "é" * 40000, "c" * 70000, '{"audio":"AAA="}'):
                 await ws.send(text)
                 assert await ws.recv() == text
+            assert ws._fast  # data frames were parsed by ModelConnection, not websockets
             await ws.send("bytes please")
             assert await ws.recv(decode=False) == b"bytes please"
 
@@ -125,6 +129,8 @@ async def test_the_lean_server_connection_serves_a_stock_client():
     client accepts, at every length class, and fragments from the client joined."""
     async def echo(ws):
         assert isinstance(ws, LeanServerConnection)
+        await ws.send(await ws.recv())
+        assert ws._fast  # the server side parses client frames itself too
         await _echo(ws)
 
     server = await serve(echo, "127.0.0.1", 0, compression=None, max_size=None,
@@ -132,8 +138,204 @@ async def test_the_lean_server_connection_serves_a_stock_client():
     port = server.sockets[0].getsockname()[1]
     async with server:
         async with connect(f"ws://127.0.0.1:{port}/", compression=None, max_size=None) as ws:
+            await ws.send("first")
+            assert await ws.recv() == "first"
             for text in ("x", "a" * 126, "é" * 40000, "c" * 70000):
                 await ws.send(text)
                 assert await ws.recv() == text
             await ws.send(["in ", "parts"])
             assert await ws.recv() == "in parts"
+
+
+# -- the frame parser, byte for byte against stock websockets ----------------------------------
+#
+# A hand-written server answers the handshake and then writes a script of raw frames in chosen
+# pieces. The same script goes to a stock ``websockets`` client and to ``ModelConnection``: both
+# must receive the same messages, close with the same code and reason, and write the same frames
+# back (pongs, close replies).
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
+           mask: bytes | None = None) -> bytes:
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    bit = 0x80 if mask is not None else 0
+    n = len(payload)
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 0x10000:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if mask is not None:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+def _close(code: int, reason: str = "") -> bytes:
+    return _frame(0x8, code.to_bytes(2, "big") + reason.encode())
+
+
+def _read_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, unmasked payload) of every whole client frame in ``data``."""
+    out, pos = [], 0
+    while len(data) - pos >= 2:
+        opcode, n, off = data[pos] & 0x0F, data[pos + 1] & 0x7F, pos + 2
+        if n == 126:
+            n, off = int.from_bytes(data[off:off + 2], "big"), off + 2
+        elif n == 127:
+            n, off = int.from_bytes(data[off:off + 8], "big"), off + 8
+        mask, off = data[off:off + 4], off + 4
+        out.append((opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data[off:off + n]))))
+        pos = off + n
+    return out
+
+
+async def _scripted(chunks: list[bytes], *, glued: bool, lean: bool, max_size: int | None = None):
+    """Run one client against a server writing ``chunks`` (the first one in the same write as
+    the 101 response when ``glued``). Returns messages, close frames and the client's frames."""
+    client_bytes = bytearray()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        rest = list(chunks)
+        writer.write(response + (rest.pop(0) if glued and rest else b""))
+        for chunk in rest:
+            await writer.drain()
+            await asyncio.sleep(0.001)  # separate reads on the client, most of the time
+            writer.write(chunk)
+        await writer.drain()
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            while True:  # what the client answers, until it closes or goes quiet
+                data = await asyncio.wait_for(reader.read(65536), 0.5)
+                if not data:
+                    break
+                client_bytes.extend(data)
+                if any(op == 0x8 for op, _ in _read_frames(bytes(client_bytes))):
+                    break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    kwargs: dict = {"compression": None, "max_size": max_size, "ping_interval": None}
+    if lean:
+        kwargs["create_connection"] = ModelConnection
+    got: list = []
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/", **kwargs) as ws:
+            try:
+                while True:
+                    got.append(await asyncio.wait_for(ws.recv(), 5))
+            except ConnectionClosed as exc:
+                rcvd = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+                sent = (exc.sent.code, exc.sent.reason) if exc.sent else None
+    return got, rcvd, sent, _read_frames(bytes(client_bytes))
+
+
+def _pieces(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        out.append(data[pos:pos + sizes[i % len(sizes)]])
+        pos += sizes[i % len(sizes)]
+        i += 1
+    return out
+
+
+_DELTA = b'{"type":"response.output_audio.delta","delta":"' + b"A" * 216 + b'"}'
+_SCRIPTS = {
+    "messages and a close": [_frame(1, _DELTA), _frame(1, b"x" * 125), _frame(1, b"y" * 126),
+                             _frame(2, b"\x00\xff"), _frame(1, "é".encode() * 40000),
+                             _close(1000, "bye")],
+    "fragments with control frames between them": [
+        _frame(1, b"frag", fin=False), _frame(0x9, b"are you there"),
+        _frame(0, b"men", fin=False), _frame(0xA, b"unsolicited"), _frame(0, b"ted"),
+        _frame(2, b"\x01", fin=False), _frame(0, b"\x02"), _close(1001, "going away")],
+    "a masked server frame": [_frame(1, b"ok"), _frame(1, b"masked", mask=b"abcd")],
+    "a reserved bit": [_frame(1, b"ok"), _frame(1, b"rsv1", rsv=0x40)],
+    "a reserved opcode": [_frame(1, b"ok"), _frame(0x3, b"what")],
+    "a control frame too long": [_frame(1, b"ok"), _frame(0x9, b"p" * 126)],
+    "a frame over max_size": [_frame(1, b"ok"), _frame(1, b"z" * 2000)],
+    "a fragmented message over max_size": [_frame(1, b"a" * 600, fin=False),
+                                           _frame(0, b"b" * 600)],
+    "a continuation out of place": [_frame(1, b"ok"), _frame(0, b"orphan")],
+    "a new message before the last one ended": [_frame(1, b"half", fin=False),
+                                                _frame(1, b"other")],
+    "a close in the middle of a message": [_frame(1, b"half", fin=False), _close(1000)],
+    "a frame with a 64-bit length": [_frame(1, b"L" * 70000), _close(1000)],
+    "a close with a bad code": [_frame(1, b"ok"), _close(999)],
+}
+
+
+@pytest.mark.parametrize("name", list(_SCRIPTS))
+@pytest.mark.parametrize("split", ["whole", "glued to the handshake", "in small pieces"])
+async def test_the_frame_parser_behaves_exactly_like_websockets(name, split):
+    frames = _SCRIPTS[name]
+    if split == "in small pieces":
+        chunks = _pieces(b"".join(frames), (1, 2, 3, 7, 50, 999))[:400]
+        chunks.append(b"".join(frames)[sum(map(len, chunks)):])
+    else:
+        chunks = frames
+    max_size = 1000 if "max_size" in name else None
+    stock = await _scripted(chunks, glued=split != "whole", lean=False, max_size=max_size)
+    lean = await _scripted(chunks, glued=split != "whole", lean=True, max_size=max_size)
+    assert lean == stock
+    assert stock[1] is not None or stock[2] is not None  # every script ends the connection
+
+
+async def test_keepalive_pings_are_answered_on_the_lean_path():
+    """websockets' own keepalive (our pings, the server's pongs) still works once data frames
+    are parsed by ModelConnection: the connection outlives several ping timeouts."""
+    server, url = await _server(_echo)
+    async with server:
+        async with connect(url, create_connection=ModelConnection, ping_interval=0.02,
+                           ping_timeout=0.2) as ws:
+            assert ws._fast
+            for i in range(15):
+                await ws.send(f"m{i}")
+                assert await ws.recv() == f"m{i}"
+                await asyncio.sleep(0.02)
+            assert ws.latency > 0  # set when a pong answers our ping
+
+
+async def test_the_lean_server_connection_parses_masked_frames_in_pieces():
+    """The server side unmasks client frames however they are split, and refuses an unmasked
+    one with 1002 as websockets does."""
+    got: list = []
+    closed: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def collect(ws):
+        try:
+            async for message in ws:
+                got.append(message)
+        except ConnectionClosed as exc:
+            closed.set_result((exc.sent.code, exc.sent.reason) if exc.sent else None)
+        else:
+            closed.set_result(None)
+
+    server = await serve(collect, "127.0.0.1", 0, compression=None, max_size=None,
+                         create_connection=LeanServerConnection)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        stream = (_frame(1, _DELTA, mask=b"\x01\x02\x03\x04")
+                  + _frame(1, b"pa", fin=False, mask=b"wxyz") + _frame(0, b"rts", mask=b"\0\0\0\0")
+                  + _frame(1, b"c" * 70000, mask=b"kkkk") + _frame(1, b"unmasked"))
+        for piece in _pieces(stream, (1, 3, 5, 200, 4096)):
+            writer.write(piece)
+            await writer.drain()
+        close = await asyncio.wait_for(reader.readexactly(2 + 2 + len("incorrect masking")), 5)
+        assert close == _close(1002, "incorrect masking")  # the server's close frame
+        writer.close()  # the server failed the connection: it waits for the TCP close only
+        assert await asyncio.wait_for(closed, 5) == (1002, "incorrect masking")
+        assert got == [_DELTA.decode(), "parts", "c" * 70000]
