@@ -21,6 +21,18 @@ closes. Server CPU (``/proc/<pid>/stat`` utime+stime) is read at the window's ed
 (``/proc/<pid>/status`` VmRSS) every half second inside it. Round-trip statistics cover the frames
 sent inside the window. Then every call waits up to ``--drain`` seconds for its outstanding echoes
 (lost = sent - echoed, over the whole call), sends ``stop`` and closes.
+
+Several servers at once (``--port A,B,...`` with one ``--sut-pid`` and ``--fake-pid`` each): a
+shared machine's speed drifts by tens of percent over tens of seconds, so servers measured one
+after the other are not measured on the same machine. Here every server gets ``--calls`` calls,
+all connected for the whole run, and the servers take turns: time is cut into slots of
+``--slot`` seconds of sending followed by ``--gap`` seconds of silence (for the last server to
+work off what it was sent), one slot per server in turn. Only the calls of the server whose slot
+it is send media; the others stay connected and idle. After ``--warmup`` (rounded up to whole
+turns) the measured window opens at the start of a turn and lasts until every server has had
+``--seconds`` of sending in it. CPU, core and harness figures are read at every slot's edges and
+charged to the slot's server (its gap included); its round trips are those of the frames its calls
+sent in its slots. The result is one document per server, in ``--port`` order.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import resource
 import sys
@@ -81,13 +94,10 @@ def _core_use(a: list[int], b: list[int]) -> dict[str, float]:
             "softirq": round(d[6] / total, 3), "steal": round(d[7] / total, 3)}
 
 
-def _foreign(ws: dict[str, Any], we: dict[str, Any]) -> float:
-    """CPU seconds the machine spent in the window outside the server, the fake model, this
-    process and the kernel's network softirq: other processes sharing the machine."""
-    d = [y - x for x, y in zip(ws["all"], we["all"])]
-    busy = (d[0] + d[1] + d[2] + d[5]) / _TICKS  # user nice system irq
-    ours = sum(we[k] - ws[k] for k in ("sut_cpu_s", "loadgen_cpu_s", "fake_cpu_s"))
-    return round(max(0.0, busy - ours), 3)
+def _busy_s(a: list[int], b: list[int]) -> float:
+    """Seconds all cores were busy (user nice system irq) between two ``core_ticks(-1)``."""
+    d = [y - x for x, y in zip(a, b)]
+    return (d[0] + d[1] + d[2] + d[5]) / _TICKS
 
 
 def _frame_header(length: int, opcode: int = 0x1) -> bytes:
@@ -97,6 +107,30 @@ def _frame_header(length: int, opcode: int = 0x1) -> bytes:
     if length < 65536:
         return bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big") + b"\0\0\0\0"
     return bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big") + b"\0\0\0\0"
+
+
+class Schedule:
+    """Whose turn it is to send: one server always (``systems == 1``), or slots of ``slot``
+    seconds followed by ``gap`` seconds of silence, one per server in turn, from ``start``
+    (loop time)."""
+
+    def __init__(self, systems: int, start: float, slot: float, gap: float) -> None:
+        self.systems, self.start, self.slot, self.gap = systems, start, slot, gap
+        self.period = slot + gap
+
+    def sending_at(self, system: int, t: float) -> float:
+        """``t`` if ``system`` may send at ``t``, else the start of its next slot."""
+        if self.systems == 1:
+            return t
+        rel = t - self.start
+        if rel < 0:
+            return self.start + system * self.period
+        turn = self.period * self.systems
+        n, into = divmod(rel, turn)
+        begin = system * self.period
+        if begin <= into < begin + self.slot:
+            return t
+        return self.start + (n + (into >= begin)) * turn + begin
 
 
 class Stats:
@@ -120,11 +154,15 @@ class Call(asyncio.Protocol):
     """One simulated call: a WebSocket client protocol that sends frames on timers."""
 
     def __init__(self, index: int, host: str, port: int, path: str, stats: Stats,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, system: int = 0,
+                 schedule: Schedule | None = None) -> None:
         self.index = index
         self.host, self.port, self.path = host, port, path
         self.stats = stats
         self.loop = loop
+        self.system = system
+        self.schedule = schedule
+        self.tick = 0  # 20 ms ticks since t0, sent or skipped (not this server's slot)
         self.stream_sid = f"MZ{index:032x}"
         self.call_sid = f"CA{index:032x}"
         self.transport: asyncio.Transport | None = None
@@ -285,11 +323,19 @@ class Call(asyncio.Protocol):
 
     def _tick(self) -> None:
         frame = len(self.sent_at)
-        due = self.t0 + frame * FRAME_S
+        due = self.t0 + self.tick * FRAME_S
         if due >= self.stop_at or self.transport is None or self.transport.is_closing():
             self.timer = None
             self.sending_done.set()
             return
+        schedule = self.schedule
+        if schedule is not None and schedule.systems > 1:
+            at = schedule.sending_at(self.system, due)
+            if at != due:  # not this server's slot: sleep to the first tick of the next one
+                self.tick += max(1, math.ceil((at - due) / FRAME_S - 1e-9))
+                self.timer = self.loop.call_at(self.t0 + self.tick * FRAME_S, self._tick)
+                return
+        self.tick += 1
         self.seq += 1
         payload = base64.b64encode(frame.to_bytes(3, "big")).decode("ascii") + _SILENCE_TAIL
         seq = str(self.seq)
@@ -307,7 +353,7 @@ class Call(asyncio.Protocol):
             if late > 0.005:
                 stats.late_5ms += 1
         self.transport.write(_frame_header(len(data)) + data)
-        self.timer = self.loop.call_at(due + FRAME_S, self._tick)
+        self.timer = self.loop.call_at(self.t0 + self.tick * FRAME_S, self._tick)
 
     def finish(self) -> None:
         """Send ``stop`` and a close frame."""
@@ -324,29 +370,44 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
     return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     # perf_counter and the loop clock are both CLOCK_MONOTONIC; keep them as one clock
     offset = time.perf_counter() - loop.time()
+    systems = len(args.port)
     begin = loop.time() + 0.05
-    window_start = begin + args.stagger + args.warmup
-    window_end = window_start + args.seconds
-    stats = Stats(window_start + offset, window_end + offset)
-    stats.dump = bool(args.dump)
-    stats.offset = offset
-    calls = [Call(i, args.host, args.port, args.path, stats, loop) for i in range(args.calls)]
-    sut, fake = args.sut_pid, args.fake_pid
+    if systems == 1:
+        schedule = Schedule(1, begin, args.seconds, 0.0)
+        window_start = begin + args.stagger + args.warmup
+        window_end = window_start + args.seconds
+        edges = [window_start, window_end]
+    else:  # turns of one slot per server; the window is whole turns
+        first = begin + args.stagger + 0.2  # every call connected and started
+        schedule = Schedule(systems, first, args.slot, args.gap)
+        turn = schedule.period * systems
+        window_start = first + math.ceil(args.warmup / turn) * turn
+        turns = max(1, math.ceil(args.seconds / args.slot - 1e-9))
+        window_end = window_start + turns * turn
+        edges = [window_start + i * schedule.period for i in range(turns * systems + 1)]
+    stats = [Stats(window_start + offset, window_end + offset) for _ in range(systems)]
+    for st in stats:
+        st.dump = bool(args.dump)
+        st.offset = offset
+    calls = [Call(i, args.host, args.port[k], args.path, stats[k], loop, k, schedule)
+             for k in range(systems) for i in range(args.calls)]
+    suts, fakes = args.sut_pid, args.fake_pid
     me = os.getpid()
-    marks: dict[str, Any] = {"rss_kib": []}
+    rss: list[list[tuple[float, int]]] = [[] for _ in range(systems)]
+    readings: list[dict[str, Any]] = []
 
     async def one(call: Call) -> None:
         at = begin + args.stagger * call.index / max(1, args.calls)
         await asyncio.sleep(max(0.0, at - loop.time()))
         try:
-            await loop.create_connection(lambda: call, args.host, args.port)
+            await loop.create_connection(lambda: call, args.host, call.port)
             await asyncio.wait_for(call.upgraded.wait(), 10)
         except (OSError, asyncio.TimeoutError) as exc:
-            stats.errors.append(f"call {call.index}: connect: {type(exc).__name__}: {exc}")
+            call.stats.errors.append(f"call {call.index}: connect: {type(exc).__name__}: {exc}")
             call.closed.set()
             call.sending_done.set()
             return
@@ -364,51 +425,95 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await asyncio.wait_for(call.closed.wait(), 5)
         except asyncio.TimeoutError:
-            stats.errors.append(f"call {call.index}: no close from the server within 5 s")
+            call.stats.errors.append(f"call {call.index}: no close from the server within 5 s")
             if call.transport is not None:
                 call.transport.close()
 
-    def read_window_edge(name: str) -> None:
-        marks[name] = {"t": time.perf_counter(), "sut_cpu_s": cpu_seconds(sut),
-                       "loadgen_cpu_s": _self_cpu(),
-                       "fake_cpu_s": cpu_seconds(fake) if fake else None,
-                       "live_calls": sum(1 for c in calls if c.timer is not None),
-                       "core": core_ticks(args.sut_core) if args.sut_core >= 0 else None,
-                       "all": core_ticks(-1)}
+    def read_edge() -> None:
+        readings.append({
+            "t": time.perf_counter(),
+            "sut_cpu_s": [cpu_seconds(pid) for pid in suts],
+            "fake_cpu_s": [cpu_seconds(pid) if pid else 0.0 for pid in fakes],
+            "loadgen_cpu_s": _self_cpu(),
+            "live_calls": [sum(1 for c in calls if c.system == k and c.timer is not None)
+                           for k in range(systems)],
+            "core": core_ticks(args.sut_core) if args.sut_core >= 0 else None,
+            "all": core_ticks(-1)})
 
     async def sample_rss() -> None:
         await asyncio.sleep(max(0.0, window_start - loop.time()))
         while loop.time() < window_end - 0.25:
-            marks["rss_kib"].append(rss_kib(sut))
+            t = loop.time()
+            for k, pid in enumerate(suts):
+                rss[k].append((t, rss_kib(pid)))
             await asyncio.sleep(0.5)
 
-    loop.call_at(window_start, read_window_edge, "window_start")
-    loop.call_at(window_end, read_window_edge, "window_end")
+    for t in edges:
+        loop.call_at(t, read_edge)
     sampler = asyncio.ensure_future(sample_rss())
     await asyncio.gather(*(one(c) for c in calls))
     await sampler
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"sent_s": list(stats.sent_times), "rtt_ms": list(stats.latencies_ms), "window_start_t": (marks.get("window_start") or {}).get("t")}, f)
+            json.dump([{"sent_s": list(st.sent_times), "rtt_ms": list(st.latencies_ms),
+                        "window_start_t": window_start + offset} for st in stats], f)
+    out = []
+    for k in range(systems):
+        # this server's slots: reading i to i + 1 for i = k, k + K, k + 2K, ...
+        mine = [(readings[i], readings[i + 1]) for i in range(k, len(readings) - 1, systems)]
+        others = [(readings[i], readings[i + 1]) for i in range(len(readings) - 1)
+                  if i % systems != k]
+        out.append(_result(k, [c for c in calls if c.system == k], stats[k], mine, others,
+                           schedule, rss[k], args, me))
+    return out
+
+
+def _result(k: int, calls: list[Call], stats: Stats, mine: list[tuple[dict, dict]],
+            others: list[tuple[dict, dict]], schedule: Schedule,
+            rss: list[tuple[float, int]], args: argparse.Namespace, me: int) -> dict[str, Any]:
+    """One server's figures over its own slots of the window."""
+    def total(pairs: list[tuple[dict, dict]], get: Any) -> float:
+        return sum(get(b) - get(a) for a, b in pairs)
+
     lat = sorted(stats.latencies_ms)
     sent = sum(len(c.sent_at) for c in calls)
     received = sum(c.received for c in calls)
     completed = sum(1 for c in calls if c.handshake_status == 101 and not c.server_closed_early
                     and c.close_received and c.received == len(c.sent_at) and c.sent_at)
-    ws, we = marks.get("window_start"), marks.get("window_end")
-    call_s = 0.0  # seconds of live call (sending) inside the window, summed over calls
-    for c in calls:
-        if c.sent_at:
-            first, last = c.sent_at[0], c.sent_at[-1] + FRAME_S
-            call_s += max(0.0, min(last, stats.window_end) - max(first, stats.window_start))
-    out: dict[str, Any] = {
+    in_window = sum(1 for c in calls for t in c.sent_at
+                    if stats.window_start <= t < stats.window_end)
+    sending_s = (len(mine) * schedule.slot if schedule.systems > 1
+                 else (mine[0][1]["t"] - mine[0][0]["t"] if mine else 0.0))
+    measured = bool(mine)
+    sut_cpu = total(mine, lambda r: r["sut_cpu_s"][k]) if measured else None
+    fake_cpu = total(mine, lambda r: sum(r["fake_cpu_s"])) if measured else None
+    loadgen_cpu = total(mine, lambda r: r["loadgen_cpu_s"]) if measured else None
+    core = None
+    foreign = None
+    if measured and mine[0][0]["core"] is not None:
+        a = [sum(x) for x in zip(*(r[0]["core"] for r in mine))]
+        b = [sum(x) for x in zip(*(r[1]["core"] for r in mine))]
+        core = _core_use(a, b)
+        if schedule.systems > 1 and sending_s:  # per second of sending, like the process figure
+            scale = sum(y["t"] - x["t"] for x, y in mine) / sending_s
+            core = {key: round(v * scale, 3) for key, v in core.items()}
+    if measured and any(args.fake_pid):  # machine busy time minus everything of the benchmark
+        busy = sum(_busy_s(a["all"], b["all"]) for a, b in mine)
+        suts = total(mine, lambda r: sum(r["sut_cpu_s"]))
+        foreign = round(max(0.0, busy - suts - fake_cpu - loadgen_cpu), 3)
+    # the CPU this server used while another's calls were sending: its backlog spilling over
+    spill = (total(others, lambda r: r["sut_cpu_s"][k]) if others else 0.0)
+    return {
         "calls": args.calls,
+        "port": args.port[k],
         "calls_connected": sum(1 for c in calls if c.handshake_status == 101),
         "calls_completed": completed,
         "calls_closed_by_server_early": sum(1 for c in calls if c.server_closed_early),
-        "live_calls_at_window_start": ws["live_calls"] if ws else None,
-        "window_s": round(we["t"] - ws["t"], 3) if ws and we else None,
-        "call_s_in_window": round(call_s, 3),
+        "live_calls_at_window_start": mine[0][0]["live_calls"][k] if measured else None,
+        "window_s": round(sending_s, 3) if measured else None,
+        "measured_s": round(sum(b["t"] - a["t"] for a, b in mine), 3) if measured else None,
+        "slots": len(mine) if schedule.systems > 1 else None,
+        "call_s_in_window": round(in_window * FRAME_S, 3),
         "frames_sent": sent,
         "frames_echoed": received,
         "frames_lost": sent - received,
@@ -421,19 +526,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                    "mean": round(sum(lat) / len(lat), 3) if lat else None},
         "send_late_ms_max": round(stats.late_max * 1000.0, 3),
         "sends_late_over_5ms": stats.late_5ms,
-        "sut_cpu_s": round(we["sut_cpu_s"] - ws["sut_cpu_s"], 3) if ws and we else None,
-        "loadgen_cpu_s": round(we["loadgen_cpu_s"] - ws["loadgen_cpu_s"], 3) if ws and we else None,
-        "fake_cpu_s": (round(we["fake_cpu_s"] - ws["fake_cpu_s"], 3)
-                       if ws and we and fake else None),
-        "sut_core": (_core_use(ws["core"], we["core"])
-                     if ws and we and ws["core"] is not None else None),
-        "foreign_cpu_s": _foreign(ws, we) if ws and we and fake else None,
-        "rss_kib_samples": marks["rss_kib"],
+        "sut_cpu_s": round(sut_cpu, 3) if sut_cpu is not None else None,
+        "sut_cpu_s_in_others_slots": round(spill, 3),
+        "loadgen_cpu_s": round(loadgen_cpu, 3) if loadgen_cpu is not None else None,
+        "fake_cpu_s": round(fake_cpu, 3) if fake_cpu is not None and any(args.fake_pid) else None,
+        "sut_core": core,
+        "foreign_cpu_s": foreign,
+        "rss_kib_samples": [v for _, v in rss],
         "errors": stats.errors[:20],
         "error_count": len(stats.errors),
         "loadgen_pid": me,
     }
-    return out
 
 
 def _self_cpu() -> float:
@@ -444,20 +547,38 @@ def _self_cpu() -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", required=True, help="the server's port; several: A,B,... take turns")
     p.add_argument("--path", default="/media/twilio")
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--seconds", type=float, default=5.0, help="measured window")
     p.add_argument("--stagger", type=float, default=1.0, help="call starts spread over this")
     p.add_argument("--warmup", type=float, default=1.0, help="after the last start, before the window")
     p.add_argument("--drain", type=float, default=5.0, help="wait for outstanding echoes")
-    p.add_argument("--sut-pid", type=int, required=True, help="the server process measured")
-    p.add_argument("--fake-pid", type=int, default=0, help="the fake model process (CPU noted)")
+    p.add_argument("--sut-pid", required=True,
+                   help="the server process measured (comma-separated, one per --port)")
+    p.add_argument("--fake-pid", default="0",
+                   help="the fake model process of each server (CPU noted; 0: none)")
+    p.add_argument("--slot", type=float, default=2.0,
+                   help="several servers: seconds of sending in each server's turn")
+    p.add_argument("--gap", type=float, default=0.5,
+                   help="several servers: seconds of silence after each slot")
     p.add_argument("--sut-core", type=int, default=-1,
                    help="the core the server is pinned to: its whole use is read from /proc/stat")
     p.add_argument("--dump", help="write every round trip (send time in the window, ms) here")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = p.parse_args(argv)
+    try:
+        args.port = [int(x) for x in args.port.split(",")]
+        args.sut_pid = [int(x) for x in args.sut_pid.split(",")]
+        args.fake_pid = [int(x) for x in args.fake_pid.split(",")]
+    except ValueError as exc:
+        p.error(f"--port, --sut-pid and --fake-pid take comma-separated integers: {exc}")
+    if len(args.fake_pid) == 1 and len(args.port) > 1:
+        args.fake_pid *= len(args.port)
+    if not len(args.port) == len(args.sut_pid) == len(args.fake_pid):
+        p.error("give one --sut-pid and one --fake-pid per --port")
+    if args.slot <= 0 or args.gap < 0:
+        p.error("--slot must be positive and --gap not negative")
     if args.loop == "uvloop":
         try:
             import uvloop

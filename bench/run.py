@@ -3,17 +3,20 @@
 Depends on the standard library, ``telewire`` (installed in the venv that runs this) and its
 siblings ``bench/loadgen.py`` and ``bench/bare_relay.py``; nothing depends on it.
 
-For each N (``--calls 50,200``), each system under test runs in its own fresh process against its
-own fresh fake OpenAI Realtime server in echo mode (``telewire.testing.fake_realtime``), loaded by
-``bench/loadgen.py`` for ``--seconds`` of measured window: the bare relay, ``telewire serve`` on
-the default graph, and ``telewire serve`` on the default graph cut down to the relay path, in turn,
-``--repeat`` times; at the largest N also the bare relay on telewire's model connection. One
-more run of the relay graph at the largest N (which it sustains) uses the stdlib asyncio loop
-(``TELEWIRE_LOOP=asyncio``) to show whether uvloop pays. The machine may be shared: before each
-run the script waits for other processes to go quiet, and runs again a run they disturbed
-(``--quiet``, ``--patience``, ``--retries``). On a machine with two or more cores
-the system under test is pinned to core 0 and everything else (fake model, load generator, this
-script) to core 1, so that the harness does not steal the measured process's core.
+For each N (``--calls 50,200``) one *round* runs every system under test side by side, each in its
+own fresh process with its own fresh fake OpenAI Realtime server in echo mode
+(``telewire.testing.fake_realtime``): the bare relay, ``telewire serve`` on the default graph,
+``telewire serve`` on the default graph cut down to the relay path and, at the largest N, the bare
+relay on telewire's model connection and the relay graph on the stdlib asyncio loop
+(``TELEWIRE_LOOP=asyncio``, to show whether uvloop pays). ``bench/loadgen.py`` connects N calls to
+each and lets the systems take turns (``--slot`` seconds of sending each, then ``--gap`` seconds of
+silence) until each has had ``--seconds`` of sending in the measured window. A shared machine's
+speed drifts by tens of percent from one half-minute to the next; taking turns every few seconds
+measures every system on the same machine. Rounds are repeated ``--repeat`` times, the turn order
+rotated. Before each round the script waits for other processes to go quiet, and runs again a
+round they disturbed (``--quiet``, ``--patience``, ``--retries``). On a machine with two or more
+cores the systems under test are pinned to core 0 and everything else (fake models, load
+generator, this script) to core 1, so that the harness does not steal the measured core.
 
 Writes ``bench/results/<timestamp>.json`` and rewrites ``docs/benchmarks.md`` (not with
 ``--quick``, a smoke run of 10 calls for 5 s, unless ``--docs`` is given). Every child process is
@@ -218,16 +221,22 @@ def wait_for_quiet(threshold: float, patience: float) -> float:
     return load
 
 
-def _loadgen(port: int, sut: int, fake: int, *, calls: int, seconds: float, stagger: float,
-             warmup: float, drain: float, cpus: set[int] | None, log: Path,
-             sut_core: int = -1) -> dict[str, Any]:
-    cmd = [PY, str(BENCH / "loadgen.py"), "--port", str(port), "--sut-pid", str(sut),
-           "--sut-core", str(sut_core),
-           "--fake-pid", str(fake), "--calls", str(calls), "--seconds", str(seconds),
-           "--stagger", str(stagger), "--warmup", str(warmup), "--drain", str(drain)]
+def _loadgen(ports: list[int], suts: list[int], fakes: list[int], *, calls: int,
+             seconds: float, stagger: float, warmup: float, drain: float, slot: float,
+             gap: float, cpus: set[int] | None, log: Path,
+             sut_core: int = -1) -> list[dict[str, Any]]:
+    """Run the load generator against ``ports`` (taking turns when several); one result each."""
+    def csv(xs: list[int]) -> str:
+        return ",".join(map(str, xs))
+
+    cmd = [PY, str(BENCH / "loadgen.py"), "--port", csv(ports), "--sut-pid", csv(suts),
+           "--fake-pid", csv(fakes), "--sut-core", str(sut_core), "--calls", str(calls),
+           "--seconds", str(seconds), "--stagger", str(stagger), "--warmup", str(warmup),
+           "--drain", str(drain), "--slot", str(slot), "--gap", str(gap)]
+    turns = len(ports) * (slot + gap) * (seconds / slot + 1) if len(ports) > 1 else seconds
     proc = _spawn(cmd, cpus=cpus, env=_env(), log=log, stdout=subprocess.PIPE)
     try:
-        out, _ = proc.communicate(timeout=stagger + warmup + seconds + drain + 30)
+        out, _ = proc.communicate(timeout=stagger + warmup + turns + drain + 60)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"load generator did not finish in time:\n{_tail(log)}") from None
     finally:
@@ -305,46 +314,62 @@ def _toml_table(body: dict[str, Any], prefix: str) -> list[str]:
     return lines + tables
 
 
-def run_one(system: str, calls: int, args: argparse.Namespace, pins: dict[str, set[int] | None],
-            logdir: Path, profile: Path | None = None) -> dict[str, Any]:
-    """One system under test at ``calls`` concurrent calls, fresh processes throughout."""
-    tag = f"{system}-{calls}"
-    log = logdir / f"{tag}.log"
-    workdir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=logdir))  # recordings, spools: deleted
-    with _fake_model(pins["harness"], logdir / f"{tag}.fake.log") as (fake_port, fake_pid):
-        port = _free_port()
-        cmd, env = _system_cmd(system, port, fake_port)
-        sut = _spawn(cmd, cpus=pins["sut"], env=env, log=log, cwd=workdir)
-        spy: subprocess.Popen[bytes] | None = None
-        try:
+def run_round(systems: list[str], calls: int, args: argparse.Namespace,
+              pins: dict[str, set[int] | None], logdir: Path,
+              profile: Path | None = None) -> list[dict[str, Any]]:
+    """``systems`` side by side at ``calls`` calls each, taking turns; fresh processes throughout.
+
+    ``profile``: record the first system with py-spy (a round of one system)."""
+    tag = f"{'+'.join(systems)}-{calls}"
+    with contextlib.ExitStack() as stack:
+        fakes = [stack.enter_context(_fake_model(pins["harness"], logdir / f"{s}-{calls}.fake.log"))
+                 for s in systems]
+        suts: list[subprocess.Popen[bytes]] = []
+        ports: list[int] = []
+        logs: list[Path] = []
+        idle: list[int] = []
+        for system, (fake_port, _) in zip(systems, fakes):
+            port = _free_port()
+            cmd, env = _system_cmd(system, port, fake_port)
+            log = logdir / f"{system}-{calls}.log"
+            workdir = Path(tempfile.mkdtemp(prefix=f"{system}-{calls}-", dir=logdir))
+            stack.callback(shutil.rmtree, workdir, True)  # recordings, spools: deleted
+            sut = _spawn(cmd, cpus=pins["sut"], env=env, log=log, cwd=workdir)
+            stack.callback(_stop, sut)
+            suts.append(sut)
+            ports.append(port)
+            logs.append(log)
+        for sut, port, log, (_, fake_pid) in zip(suts, ports, logs, fakes):
             _wait_port(port, sut, log, health=True)
             # one short call first, so lazy imports and first-use caches are not charged to calls
-            _loadgen(port, sut.pid, fake_pid, calls=1, seconds=0.5, stagger=0, warmup=0.2,
-                     drain=2, cpus=pins["harness"], log=logdir / f"{tag}.loadgen.log")
-            time.sleep(0.5)
-            idle_rss = rss_kib(sut.pid)
-            if profile is not None:
-                spy = _spawn([str(Path(PY).parent / "py-spy"), "record", "--pid", str(sut.pid),
-                              "--rate", "200", "--duration", str(int(args.seconds)),
-                              "--format", "raw", "--nonblocking", "--output", str(profile)],
-                             cpus=pins["harness"], env=_env(), log=logdir / f"{tag}.py-spy.log")
-            load = _loadgen(port, sut.pid, fake_pid, calls=calls, seconds=args.seconds,
-                            stagger=args.stagger, warmup=args.warmup, drain=args.drain,
-                            cpus=pins["harness"], log=logdir / f"{tag}.loadgen.log",
-                            sut_core=min(pins["sut"]) if pins["sut"] else -1)
-            if spy is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    spy.wait(args.seconds + 20)
-            alive = sut.poll() is None
-        finally:
-            if spy is not None:
-                _stop(spy)
-            _stop(sut)
-            shutil.rmtree(workdir, ignore_errors=True)
-    if not load["calls_connected"] or not load["frames_echoed"]:
-        raise RuntimeError(f"{system} at {calls} calls: no call got through "
-                           f"({load['errors'][:2]}); server log:\n{_tail(log)}")
-    return _figures(system, calls, load, idle_rss, alive, _tail(log, 5))
+            _loadgen([port], [sut.pid], [fake_pid], calls=1, seconds=0.5, stagger=0, warmup=0.2,
+                     drain=2, slot=args.slot, gap=args.gap, cpus=pins["harness"],
+                     log=logdir / f"{tag}.warmup.log")
+        time.sleep(0.5)
+        idle = [rss_kib(sut.pid) for sut in suts]
+        spy: subprocess.Popen[bytes] | None = None
+        if profile is not None:
+            spy = _spawn([str(Path(PY).parent / "py-spy"), "record", "--pid", str(suts[0].pid),
+                          "--rate", "200", "--duration", str(int(args.seconds)),
+                          "--format", "raw", "--nonblocking", "--output", str(profile)],
+                         cpus=pins["harness"], env=_env(), log=logdir / f"{tag}.py-spy.log")
+            stack.callback(_stop, spy)
+        loads = _loadgen(ports, [s.pid for s in suts], [f[1] for f in fakes], calls=calls,
+                         seconds=args.seconds, stagger=args.stagger, warmup=args.warmup,
+                         drain=args.drain, slot=args.slot, gap=args.gap, cpus=pins["harness"],
+                         log=logdir / f"{tag}.loadgen.log",
+                         sut_core=min(pins["sut"]) if pins["sut"] else -1)
+        if spy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(args.seconds + 20)
+        alive = [sut.poll() is None for sut in suts]
+    out = []
+    for system, load, rss0, ok, log in zip(systems, loads, idle, alive, logs):
+        if not load["calls_connected"] or not load["frames_echoed"]:
+            raise RuntimeError(f"{system} at {calls} calls: no call got through "
+                               f"({load['errors'][:2]}); server log:\n{_tail(log)}")
+        out.append(_figures(system, calls, load, rss0, ok, _tail(log, 5)))
+    return out
 
 
 def profile_top(raw: Path, count: int = 25) -> list[dict[str, Any]]:
@@ -394,6 +419,8 @@ def _figures(system: str, calls: int, load: dict[str, Any], idle_rss: int, alive
         "idle_rss_kib": idle_rss,
         "peak_rss_kib": peak,
         "server_alive_after": alive,
+        "slots": load.get("slots"),
+        "cpu_s_in_others_slots": load.get("sut_cpu_s_in_others_slots"),
         "load": load,
         "server_log_tail": log_tail if not alive or load["error_count"] else "",
     }
@@ -459,12 +486,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     "saturated": any(r["saturated"] for r in use)}
         base = per.get("baseline")
         lean = per.get("baseline-lean")
+        mine = [r for r in runs if r["calls"] == n]
         for system in SYSTEMS[1:]:
             tw = per.get(system)
             if base and tw:
-                tw["ratio"] = {k: _ratio(tw[k], base[k]) for k in _RATIO_KEYS}
+                tw["ratio"] = _ratios(mine, system, "baseline", tw, base)
             if lean and tw and system.startswith("telewire"):
-                tw["ratio_lean"] = {k: _ratio(tw[k], lean[k]) for k in _RATIO_KEYS}
+                tw["ratio_lean"] = _ratios(mine, system, "baseline-lean", tw, lean)
+        for slow, fast in LOOP_PAIRS:
+            if slow in per and fast in per:
+                per[slow]["ratio_loop"] = _ratios(mine, slow, fast, per[slow], per[fast])
         for system, key in (("telewire", "meets_bar"), ("telewire-relay", "meets_bar_relay")):
             tw = per.get(system)
             if base and tw:
@@ -477,6 +508,27 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _RATIO_KEYS = ("cpu_s_per_call_min", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_call")
+
+
+def _ratios(runs: list[dict[str, Any]], system: str, against: str, mine: dict[str, Any],
+            theirs: dict[str, Any]) -> dict[str, float | None]:
+    """``system`` ÷ ``against``: the median of the ratios within each round both ran in (they
+    took turns on the same machine), clean rounds first; the ratio of the medians for results
+    without rounds."""
+    pairs: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        if r.get("round") is not None and r["system"] in (system, against):
+            pairs.setdefault(r["round"], {})[r["system"]] = r
+    both = [p for p in pairs.values() if len(p) == 2]
+    clean = [p for p in both if not any(r.get("contaminated") for r in p.values())]
+    use = clean or both
+    if not use:
+        return {k: _ratio(mine[k], theirs[k]) for k in _RATIO_KEYS}
+    out: dict[str, float | None] = {}
+    for k in _RATIO_KEYS:
+        values = [q for q in (_ratio(p[system][k], p[against][k]) for p in use) if q is not None]
+        out[k] = round(statistics.median(values), 2) if values else None
+    return out
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -512,8 +564,8 @@ def render_docs(report: dict[str, Any]) -> str:
         "",
         "## What runs",
         "",
-        "* **System under test**, a fresh process per run (in its own scratch folder, deleted",
-        "  after the run): `telewire serve` with the default graph as shipped",
+        "* **Systems under test**, each a fresh process per round (in its own scratch folder,",
+        "  deleted after the round): `telewire serve` with the default graph as shipped",
         "  (`core/telewire/data/default_graph.toml`), Twilio carrier, `openai` provider,",
         "  `TELEWIRE_LOG_LEVEL=WARNING`; or the **bare relay** `bench/bare_relay.py`.",
         "* **telewire, relay graph**: `telewire serve --config` a copy of the default graph cut down",
@@ -531,52 +583,61 @@ def render_docs(report: dict[str, Any]) -> str:
         "  connection), not a library choice.",
         "* **The bare relay, lean model connection** is the same relay opening its model socket with",
         "  telewire's `ModelConnection` (`telewire.realtime.wsclient`: websockets with direct text",
-        "  sends and a plain receive queue), run at the largest N. telewire ÷ this row is telewire's",
-        "  overhead with the model connection's saving taken out.",
-        "* **The model** is `telewire.testing.fake_realtime` in echo mode (a fresh process per run,",
-        "  on uvloop): every `input_audio_buffer.append` comes back as one",
+        "  sends, and data frames read off the socket into a plain queue), run at the largest N.",
+        "  telewire ÷ this row is telewire's overhead with the model connection's saving taken out.",
+        "* **The model** is `telewire.testing.fake_realtime` in echo mode (a fresh process per",
+        "  system and round, on uvloop): every `input_audio_buffer.append` comes back as one",
         "  `response.output_audio.delta` with the identical base64.",
-        "* **The carrier** is `bench/loadgen.py`, one process simulating N Twilio calls at real-time",
-        "  pace: `connected`, `start`, a 20 ms (160-byte) `media` frame every 20 ms, `stop`. Call",
-        f"  starts are staggered over {s['stagger_s']:g} s; after {s['warmup_s']:g} s more the measured window of",
-        f"  {s['seconds']:g} s opens. Its WebSocket client is a minimal one on `asyncio.Protocol` so that",
-        "  the load costs the shared core little.",
-        ("* **Pinning**: the system under test runs alone on core 0; fake model, load generator"
-         " and harness share the other core(s) (`os.sched_setaffinity`)." if s["pinned"] else
+        "* **The carrier** is `bench/loadgen.py`, one process simulating N Twilio calls per system",
+        "  at real-time pace: `connected`, `start`, a 20 ms (160-byte) `media` frame every 20 ms,",
+        f"  `stop`. Call starts are staggered over {s['stagger_s']:g} s. Its WebSocket client is a minimal",
+        "  one on `asyncio.Protocol` so that the load costs the shared core little.",
+        "* **Taking turns**: all systems of a round run at once, each with its N calls connected",
+        "  throughout, but only one system's calls send media at a time: "
+        f"{s.get('slot_s', 2.0):g} s of sending, then",
+        f"  {s.get('gap_s', 0.5):g} s of silence for it to work off any backlog, then the next system. The",
+        "  measured window opens after a warm-up of whole turns and lasts until each system has had",
+        f"  {s['seconds']:g} s of sending in it. A shared machine's speed drifts by tens of percent from one",
+        "  half-minute to the next, so systems measured one after the other are not measured on the",
+        "  same machine; taking turns every few seconds spreads the drift over all of them alike.",
+        ("* **Pinning**: the systems under test run on core 0 (one at a time sends); fake models,"
+         " load generator and harness share the other core(s) (`os.sched_setaffinity`)."
+         if s["pinned"] else
          "* **Pinning**: none (fewer than two cores, or `--no-pin`)."),
-        "* **Order**: for each N the bare relay, then telewire, then telewire on the relay graph"
-        + (f", repeated {s['repeat']} times (figures are medians; lost frames the worst run)"
-           if s["repeat"] > 1 else "") + "; at the largest N, in each repeat, the bare relay on",
-        "  telewire's model connection; last, one run of the relay graph at the largest N on the",
-        "  stdlib asyncio loop (`TELEWIRE_LOOP=asyncio`).",
+        "* **Rounds**: one per N"
+        + (f", repeated {s['repeat']} times with the turn order rotated (figures are medians;"
+           " lost frames the worst round)" if s["repeat"] > 1 else "")
+        + "; the bare relay on telewire's model connection and the relay graph on the stdlib",
+        "  asyncio loop (`TELEWIRE_LOOP=asyncio`) join the round at the largest N.",
         "",
         "## Figures",
         "",
-        "* **CPU s / call-min**: the server process's CPU time (`/proc/<pid>/stat` utime + stime) over",
-        "  the measured window, divided by the call-minutes in it (each call's sending time inside",
-        "  the window, summed). A server whose process is ≥ "
-        f"{SATURATED:g} cores busy is marked *saturated*: it",
-        "  could not keep up in real time, its CPU figure is a floor and its round trips queue.",
+        "* **CPU s / call-min**: the server process's CPU time (`/proc/<pid>/stat` utime + stime) in",
+        "  its own turns of the measured window (each turn's silence included, so its backlog is",
+        "  charged to it), divided by the call-minutes its calls sent in them. A server whose",
+        f"  process is ≥ {SATURATED:g} cores busy is marked *saturated*: it could not keep up in real",
+        "  time, its CPU figure is a floor and its round trips queue.",
         "* **p50 / p99**: round trip of a frame, carrier send to the echoed payload's arrival back at",
-        "  the simulated carrier, over the frames sent in the window (frames are matched by a number",
-        "  carried in their first audio bytes).",
+        "  the simulated carrier, over the frames its calls sent in the window (frames are matched by",
+        "  a number carried in their first audio bytes).",
         "* **lost**: frames sent minus frames echoed back, after a drain of up to "
         f"{s['drain_s']:g} s.",
         "* **RSS / call**: (peak `VmRSS` in the window − idle `VmRSS`) / N; idle is read after one",
         "  short warm-up call, so lazy imports are not charged to the calls.",
         "* **completed**: calls that connected, had every frame echoed and were closed by the",
         "  carrier side.",
-        "* **server process busy**: the server's CPU seconds per second of window. **server core",
-        "  busy**: the whole core it is pinned to (`/proc/stat`), which also counts the kernel's",
-        "  loopback network work (softirq) done there; near 1.0 the server is saturated and queues.",
-        "  **harness core busy**: fake model + load generator CPU seconds per second; near 1.0 the",
-        "  harness would distort the comparison. **other processes**: cores used in the window by",
-        "  processes that are not part of the benchmark (machine busy time from `/proc/stat` minus",
-        "  the three processes above). The machine is shared, so before each run the benchmark",
-        "  waits for it to be quiet; a run during which others used more than "
-        f"{s.get('quiet', 0.15):g} cores is",
-        "  contaminated and run again; rows marked ⚠ had no clean run.",
-        "* Each row is the median of its runs (lost frames: the worst run).",
+        "* **server process busy**: the server's CPU seconds per second of its sending. **server",
+        "  core busy**: the same for the whole core it is pinned to (`/proc/stat`), which also",
+        "  counts the kernel's loopback network work (softirq) done there; near 1.0 the server is",
+        "  saturated and queues. **harness core busy**: fake models + load generator CPU seconds",
+        "  per second; near 1.0 the harness would distort the comparison. **other processes**:",
+        "  cores used by processes that are not part of the benchmark (machine busy time from",
+        "  `/proc/stat` minus the benchmark's processes). The machine is shared, so before each",
+        "  round the benchmark waits for it to be quiet; a round during which others used more",
+        f"  than {s.get('quiet', 0.15):g} cores is contaminated and run again; rows marked ⚠ had no clean round.",
+        "* Each row is the median of its rounds (lost frames: the worst round). A ratio is the",
+        "  median of the ratios within each round, where both systems took turns on the same",
+        "  machine (the per-round figures are under *Round by round*).",
         "",
         "## Results",
         "",
@@ -610,7 +671,8 @@ def render_docs(report: dict[str, Any]) -> str:
                         f"*{_fmt(q['rss_kib_per_call'])}×* | | | | | |")
     lines += ["", "## The bar", "",
               f"At 200 concurrent calls for 20 s: zero lost frames, and telewire's CPU per call-minute "
-              f"and p99 round trip at most {BAR}× the bare relay's, in the same run.", ""]
+              f"and p99 round trip at most {BAR}× the bare relay's, in the same run (here: the same "
+              "rounds, taking turns).", ""]
     for n, per in report["summary"].items():
         for system, key in (("telewire", "meets_bar"), ("telewire-relay", "meets_bar_relay")):
             if key not in per:
@@ -627,12 +689,38 @@ def render_docs(report: dict[str, Any]) -> str:
                          f"{_fmt(tw['ratio']['cpu_s_per_call_min'])}×, p99 "
                          f"{_fmt(tw['ratio']['rtt_p99_ms'])}×, completed "
                          f"{tw['calls_completed']} / {n}.")
-    lines += ["", "How far to trust one run: at 200 calls telewire's p99 has moved by several times from",
-              "run to run while its CPU ratio and p50 held steady. Its slow frames come in bursts of a",
-              "few hundred milliseconds in which every call is late (`loadgen.py --dump` shows them),",
-              "the mark of a backlog after a short stall, which a server at 0.7 of a core works off",
-              "more slowly than the bare relay at 0.6. Compare several runs (`--repeat`, and the",
-              "files in `bench/results/`) before reading a p99 ratio as a verdict."]
+    spill = [r for r in report["runs"] if (r.get("cpu_s_in_others_slots") or 0) > 0.05 * (
+        (r["load"].get("sut_cpu_s") or 0) + 1e-9)]
+    lines += ["", "How far to trust one round: p99 is the figure that moves most. A server near a",
+              "full core has little headroom, so when the shared machine slows for a moment its",
+              "queue grows and every call is late for a few hundred milliseconds (`loadgen.py",
+              "--dump` shows these bursts); the busier server suffers more. Taking turns puts every",
+              "system through the same moments of the machine, but p99 still moves from round to",
+              "round (see *Round by round*) while CPU holds: read the CPU ratio as the cost, and a",
+              "p99 ratio only across rounds."]
+    if spill:
+        lines.append("")
+        lines.append("Rounds where a system was still working after its turn and its silence "
+                     "(over 5 % of its CPU fell in others' turns, so it slowed them): "
+                     + ", ".join(sorted({f"{NAMES[r['system']]} at {r['calls']} calls"
+                                         for r in spill})) + ".")
+    rounds = sorted({r["round"] for r in report["runs"] if r.get("round") is not None})
+    if rounds:
+        lines += ["", "## Round by round", "",
+                  "Each round's systems took turns on the same machine; ÷ is against the bare "
+                  "relay of the same round.", "",
+                  "| calls | round | system | CPU s / call-min | p99 ms | CPU ÷ | p99 ÷ |",
+                  "|---:|---:|---|---:|---:|---:|---:|"]
+        for i in rounds:
+            rs = [r for r in report["runs"] if r.get("round") == i]
+            base = next((r for r in rs if r["system"] == "baseline"), None)
+            for r in sorted(rs, key=lambda r: SYSTEMS.index(r["system"])):
+                name = NAMES[r["system"]] + (" ⚠" if r.get("contaminated") else "")
+                cpu_q = _ratio(r["cpu_s_per_call_min"], base["cpu_s_per_call_min"]) if base else None
+                p99_q = _ratio(r["rtt_p99_ms"], base["rtt_p99_ms"]) if base else None
+                lines.append(f"| {r['calls']} | {i} | {name} | {_fmt(r['cpu_s_per_call_min'], 3)} "
+                             f"| {_fmt(r['rtt_p99_ms'])} | {_fmt(cpu_q) if r is not base else ''} "
+                             f"| {_fmt(p99_q) if r is not base else ''} |")
     lines += ["", "## Does uvloop pay?", ""]
     loop_note = report.get("uvloop")
     if loop_note:
@@ -685,8 +773,8 @@ def uvloop_note(summary: dict[str, Any]) -> str | None:
                     f"{_fmt(u['cpu_s_per_call_min'], 3)} on uvloop; p99 {_fmt(a['rtt_p99_ms'])} vs "
                     f"{_fmt(u['rtt_p99_ms'])} ms), so this run cannot say whether uvloop pays; "
                     "run `--calls` at a load telewire sustains.")
-        cpu = _ratio(a["cpu_s_per_call_min"], u["cpu_s_per_call_min"])
-        p99 = _ratio(a["rtt_p99_ms"], u["rtt_p99_ms"])
+        q = a.get("ratio_loop") or {k: _ratio(a[k], u[k]) for k in _RATIO_KEYS}
+        cpu, p99 = q["cpu_s_per_call_min"], q["rtt_p99_ms"]
         pays = (cpu or 0) > 1.05
         return (f"At {n} calls {what} on the stdlib asyncio loop used {_fmt(cpu)}× the CPU per "
                 f"call-minute of the same on uvloop, with {_fmt(p99)}× its p99 round trip "
@@ -694,7 +782,7 @@ def uvloop_note(summary: dict[str, Any]) -> str | None:
                 f"per call-minute; p99 {_fmt(a['rtt_p99_ms'])} vs {_fmt(u['rtt_p99_ms'])} ms). "
                 + ("By CPU uvloop pays: keep `TELEWIRE_LOOP=auto` (uvloop when installed)."
                    if pays else "By CPU uvloop does not pay measurably here (within 5 %).")
-                + " (One run on asyncio against the median of the uvloop runs: the p99 is noisier "
+                + " (Ratios are the median of the rounds' own ratios; the p99 is noisier "
                 "than the CPU figure.)")
     return None
 
@@ -711,16 +799,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-relay-graph", action="store_true",
                    help="skip telewire on the default graph cut down to the relay path")
     p.add_argument("--repeat", type=int, default=2,
-                   help="baseline/telewire pairs per N (figures are medians); --quick: 1")
+                   help="rounds per N, the turn order rotated (figures are medians); --quick: 1")
     p.add_argument("--stagger", type=float, default=1.0, help="call starts spread over this")
     p.add_argument("--warmup", type=float, default=1.0, help="after the starts, before the window")
     p.add_argument("--drain", type=float, default=5.0, help="wait for outstanding echoes")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--slot", type=float, default=2.0, metavar="S",
+                   help="seconds of sending in each system's turn")
+    p.add_argument("--gap", type=float, default=0.5, metavar="S",
+                   help="seconds of silence after each turn, for its backlog (charged to it)")
     p.add_argument("--no-loop-check", action="store_true",
-                   help="skip the telewire run on the stdlib asyncio loop")
-    p.add_argument("--loop-calls", type=int, default=0, metavar="N",
-                   help="run the asyncio-loop check on the default graph at N calls (default: "
-                        "the relay graph at the largest of --calls)")
+                   help="skip telewire on the stdlib asyncio loop (the relay graph at the "
+                        "largest N; without the relay graph, the default graph at the smallest)")
     p.add_argument("--no-lean-baseline", action="store_true",
                    help="skip the bare relay on telewire's model connection (run at the largest N)")
     p.add_argument("--profile", action="store_true",
@@ -741,7 +831,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rewrite docs/benchmarks.md (default: yes, except with --quick)")
     args = p.parse_args(argv)
     if args.quick:
-        args.calls, args.seconds, args.repeat = "10", 5.0, 1
+        args.calls, args.seconds, args.repeat, args.slot = "10", 5.0, 1, 1.0
+    if args.slot <= 0 or args.gap < 0 or args.seconds < args.slot:
+        p.error("--slot must be positive and at most --seconds, --gap not negative")
     args.call_counts = [int(x) for x in str(args.calls).split(",") if x.strip()]
     if not args.call_counts or min(args.call_counts) < 1:
         p.error("--calls: give positive integers, e.g. --calls 50,200")
@@ -802,53 +894,59 @@ def main(argv: list[str] | None = None) -> int:
         _relay_graph = logdir / "relay_graph.toml"
         dropped = relay_graph(Path(preflight["telewire_from"]) / "telewire" / "data"
                               / "default_graph.toml", _relay_graph)
-    plan: list[tuple[str, int]] = []
+    plan: list[tuple[list[str], int]] = []
     for n in args.call_counts:
-        for _ in range(args.repeat):
-            plan += [("baseline", n), ("telewire", n)]
-            if not args.no_relay_graph:
-                plan.append(("telewire-relay", n))
-            if n == max(args.call_counts) and not args.no_lean_baseline:
-                plan.append(("baseline-lean", n))
-    if has_uvloop and not args.no_loop_check:
-        if args.loop_calls or args.no_relay_graph:
-            plan.append(("telewire-asyncio", args.loop_calls or min(args.call_counts)))
-        else:  # the relay graph keeps up at the largest N, where the loop matters most
-            plan.append(("telewire-relay-asyncio", max(args.call_counts)))
-    per_run = args.stagger + args.warmup + args.seconds + 6
-    print(f"bench: {len(plan)} runs of ~{per_run:.0f} s ({'pinned' if pinned else 'unpinned'}; "
-          f"logs in {logdir})", flush=True)
+        systems = ["baseline", "telewire"] + ([] if args.no_relay_graph else ["telewire-relay"])
+        if n == max(args.call_counts) and not args.no_lean_baseline:
+            systems.append("baseline-lean")
+        if has_uvloop and not args.no_loop_check:
+            if args.no_relay_graph and n == min(args.call_counts):
+                systems.append("telewire-asyncio")
+            elif not args.no_relay_graph and n == max(args.call_counts):
+                systems.append("telewire-relay-asyncio")  # sustained there, where loops matter
+        for r in range(args.repeat):
+            k = r % len(systems)  # rotate the turn order: no system always follows the same one
+            plan.append((systems[k:] + systems[:k], n))
+    print(f"bench: {len(plan)} rounds ({'pinned' if pinned else 'unpinned'}; logs in {logdir})",
+          flush=True)
     runs: list[dict[str, Any]] = []
+    rounds = 0
     profile_out: Path | None = None
     try:
-        for system, n in plan:
-            print(f"  {system:<17} {n:>4} calls ... ", end="", flush=True)
+        for systems, n in plan:
+            print(f"  {n} calls each, turns of {args.slot:g} s: {', '.join(systems)} ... ",
+                  flush=True)
             for attempt in range(args.retries + 1):
                 before = wait_for_quiet(args.quiet, args.patience)
-                r = run_one(system, n, args, pins, logdir)
-                r["other_load_before"] = round(before, 3)
-                r["contaminated"] = (r["foreign_cores"] or 0) > args.quiet
-                runs.append(r)
-                if not r["contaminated"] or attempt == args.retries:
+                rs = run_round(systems, n, args, pins, logdir)
+                foreign = max((r["foreign_cores"] or 0) for r in rs)
+                rounds += 1
+                for r in rs:
+                    r["round"] = rounds
+                    r["other_load_before"] = round(before, 3)
+                    r["contaminated"] = foreign > args.quiet
+                runs += rs
+                if foreign <= args.quiet or attempt == args.retries:
                     break
-                print(f"other processes used {_fmt(r['foreign_cores'])} cores during the "
-                      "window; again ... ", end="", flush=True)
-            print(f"CPU {_fmt(r['cpu_s_per_call_min'], 3)} s/call-min, p50 {_fmt(r['rtt_p50_ms'])} "
-                  f"p99 {_fmt(r['rtt_p99_ms'])} ms, lost {r['frames_lost']}, "
-                  f"RSS {_fmt(r['rss_kib_per_call'], 1)} KiB/call, completed "
-                  f"{r['calls_completed']}/{n}, busy {_fmt(r['sut_core_busy'])} "
-                  f"(core {_fmt(r['sut_core_all_busy'])}) "
-                  f"(harness {_fmt(r['harness_core_busy'])}, other processes "
-                  f"{_fmt(r['foreign_cores'])} cores)", flush=True)
-            if r["load"]["error_count"]:
-                print(f"    {r['load']['error_count']} errors, first: {r['load']['errors'][:3]}",
-                      flush=True)
+                print(f"    other processes used {_fmt(foreign)} cores during the window; "
+                      "again ...", flush=True)
+            for r in rs:
+                print(f"    {r['system']:<22} CPU {_fmt(r['cpu_s_per_call_min'], 3)} s/call-min, "
+                      f"p50 {_fmt(r['rtt_p50_ms'])} p99 {_fmt(r['rtt_p99_ms'])} ms, lost "
+                      f"{r['frames_lost']}, RSS {_fmt(r['rss_kib_per_call'], 1)} KiB/call, "
+                      f"completed {r['calls_completed']}/{n}, busy {_fmt(r['sut_core_busy'])} "
+                      f"(core {_fmt(r['sut_core_all_busy'])}, harness "
+                      f"{_fmt(r['harness_core_busy'])}, other processes "
+                      f"{_fmt(r['foreign_cores'])} cores)", flush=True)
+                if r["load"]["error_count"]:
+                    print(f"      {r['load']['error_count']} errors, first: "
+                          f"{r['load']['errors'][:3]}", flush=True)
             time.sleep(1.0)
         if args.profile:
             profile_out = RESULTS / f"{stamp}-telewire-{max(args.call_counts)}.pyspy.txt"
             print(f"  profiling telewire at {max(args.call_counts)} calls -> {profile_out}",
                   flush=True)
-            run_one("telewire", max(args.call_counts), args, pins, logdir, profile=profile_out)
+            run_round(["telewire"], max(args.call_counts), args, pins, logdir, profile=profile_out)
             if not profile_out.exists():
                 print(f"  py-spy wrote nothing (see {logdir}/telewire-"
                       f"{max(args.call_counts)}.py-spy.log)", flush=True)
@@ -870,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(preflight),
         "settings": {"calls": args.call_counts, "seconds": args.seconds, "stagger_s": args.stagger,
                      "warmup_s": args.warmup, "drain_s": args.drain, "repeat": args.repeat,
+                     "slot_s": args.slot, "gap_s": args.gap, "rounds": [
+                         {"calls": n, "turn_order": systems} for systems, n in plan],
                      "pinned": pinned, "quick": args.quick, "quiet": args.quiet},
         "summary": summary,
         "relay_graph_drops": dropped,
