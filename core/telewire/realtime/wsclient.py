@@ -95,7 +95,8 @@ class _LeanPath:
         self._head = bytearray()  # the opening handshake's HTTP head, until its end is seen
         self._head_done = False
         self._ws_framed = False  # websockets' parser got frame bytes: it keeps the stream
-        self._rest = b""  # the start of an incomplete frame
+        self._rest = bytearray()  # the start of an incomplete frame
+        self._need = 0  # how long _rest must grow before that frame can be complete
         self._fragments_size = 0
 
     # -- receiving -------------------------------------------------------------------------------
@@ -148,10 +149,15 @@ class _LeanPath:
 
     def _parse(self, data: bytes) -> None:
         """Read the whole frames in ``data`` (after any incomplete one kept from before)."""
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
+        rest = self._rest
+        if rest:
+            rest += data  # a long frame arrives in many reads: grow in place, parse it once
+            if len(rest) < self._need:
+                return
+            data = bytes(rest)
+            rest.clear()
         n = len(data)
+        need = 0
         pos = 0
         protocol = self.protocol
         while n - pos >= 2:
@@ -179,6 +185,7 @@ class _LeanPath:
                     return
                 end = off + (4 if b1 & 0x80 else 0) + length
                 if end > n:
+                    need = end - pos
                     break
                 super().data_received(data[pos:end])
                 pos = end
@@ -200,17 +207,15 @@ class _LeanPath:
                 self._hand_over(data[pos:])  # websockets knows the fragment state (current_size)
                 return
             if b1 & 0x80:
-                if n - off < 4:
-                    break
-                mask = data[off:off + 4]
-                off += 4
-                end = off + length
+                end = off + 4 + length
                 if end > n:
+                    need = end - pos
                     break
-                payload = apply_mask(data[off:end], mask)
+                payload = apply_mask(data[off + 4:end], data[off:off + 4])
             else:
                 end = off + length
                 if end > n:
+                    need = end - pos
                     break
                 payload = data[off:end]
             pos = end
@@ -232,7 +237,8 @@ class _LeanPath:
                 self._fragments_size += length
                 protocol.current_size = self._fragments_size
         if pos < n:
-            self._rest = data[pos:]
+            rest += memoryview(data)[pos:]
+            self._need = need
 
     def process_event(self, event: Any) -> None:
         if not isinstance(event, Frame):
