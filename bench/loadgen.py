@@ -564,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="several servers: seconds of silence after each slot")
     p.add_argument("--sut-core", type=int, default=-1,
                    help="the core the server is pinned to: its whole use is read from /proc/stat")
-    p.add_argument("--dump", help="write every round trip (send time in the window, ms) here")
+    p.add_argument("--dump", help="write every round trip (send time in the window, ms) here: "
+                                  "a JSON list, one entry per server")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = p.parse_args(argv)
     try:

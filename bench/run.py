@@ -327,7 +327,6 @@ def run_round(systems: list[str], calls: int, args: argparse.Namespace,
         suts: list[subprocess.Popen[bytes]] = []
         ports: list[int] = []
         logs: list[Path] = []
-        idle: list[int] = []
         for system, (fake_port, _) in zip(systems, fakes):
             port = _free_port()
             cmd, env = _system_cmd(system, port, fake_port)
@@ -707,8 +706,8 @@ def render_docs(report: dict[str, Any]) -> str:
               "p99 ratio only across rounds."]
     if spill:
         lines.append("")
-        lines.append("Rounds where a system was still working after its turn and its silence "
-                     "(over 5 % of its CPU fell in others' turns, so it slowed them): "
+        lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
+                     "in other systems' turns, which it slowed) in at least one round: "
                      + ", ".join(sorted({f"{NAMES[r['system']]} at {r['calls']} calls"
                                          for r in spill})) + ".")
     rounds = sorted({r["round"] for r in report["runs"] if r.get("round") is not None})
