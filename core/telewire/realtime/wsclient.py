@@ -121,8 +121,8 @@ class _LeanPath:
             self._head = bytearray()
             super().data_received(data[:cut])
             data = data[cut:]
+            self._take_over()  # a client is open now, with any frames that came with the 101
             if not data:
-                self._take_over()
                 return
         elif not self._ws_framed:
             self._take_over()
