@@ -697,13 +697,16 @@ def render_docs(report: dict[str, Any]) -> str:
                          f"{tw['calls_completed']} / {n}.")
     spill = [r for r in report["runs"] if (r.get("cpu_s_in_others_slots") or 0) > 0.05 * (
         (r["load"].get("sut_cpu_s") or 0) + 1e-9)]
-    lines += ["", "How far to trust one round: p99 is the figure that moves most. A server near a",
-              "full core has little headroom, so when the shared machine slows for a moment its",
-              "queue grows and every call is late for a few hundred milliseconds (`loadgen.py",
-              "--dump` shows these bursts); the busier server suffers more. Taking turns puts every",
-              "system through the same moments of the machine, but p99 still moves from round to",
-              "round (see *Round by round*) while CPU holds: read the CPU ratio as the cost, and a",
-              "p99 ratio only across rounds."]
+    lines += ["", "How far to trust one round: p99 is the figure that moves most. The slow frames of a",
+              "round come in bursts of a few hundred milliseconds in which every call is late",
+              "(`loadgen.py --dump` shows them). The load generator and the fake models share one",
+              "core and stall for 10-20 ms now and then, the shared machine slows now and then, and",
+              "a server works off the backlog more slowly the busier it is. At 200 calls telewire's",
+              "bursts have also lasted longer than the bare relay's at about the same busy fraction",
+              "(in a loop-lag probe, up to a second of 10-17 ms loop iterations), which is not",
+              "explained yet. Taking turns puts every system through the same moments of the",
+              "machine, but p99 still moves from round to round (see *Round by round*) while CPU",
+              "holds: read the CPU ratio as the cost, and a p99 ratio only across rounds."]
     if spill:
         lines.append("")
         lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
