@@ -1,17 +1,19 @@
 """The benchmark's baseline: the least a Twilio <-> OpenAI Realtime relay can do, for comparison.
 
 Depends on aiohttp, websockets, ``telewire.jsonfast`` and ``telewire.eventloop`` only;
-``bench/run.py`` starts it as a separate process (``python bench/bare_relay.py --port P --model-url ws://…``).
+``bench/run.py`` starts it as a separate process
+(``python bench/bare_relay.py --port P --model-url ws://…``).
 
 It uses what telewire uses on the same path, so that the ratio of the two measures telewire's own
 overhead (frames, graph, carrier hooks, validation, logging) and not a choice of library: an
 aiohttp server for the carrier's WebSocket, a ``websockets`` client to the model, the same JSON
 parser (``telewire.jsonfast.loads``), outbound messages built by concatenation around the base64
 text (as telewire's templates do), and the same event loop, chosen by the same function as
-``telewire serve`` (``TELEWIRE_LOOP``: ``auto`` uses uvloop when installed). Per call: on ``start`` it opens the model socket in a task (caller audio
-that arrives meanwhile is kept), waits for ``session.created`` and sends ``session.update`` for
-mu-law both ways; each ``media`` is parsed and forwarded as ``input_audio_buffer.append``; each
-model event is parsed and a ``response.output_audio.delta`` is forwarded as a Twilio ``media``.
+``telewire serve`` (``TELEWIRE_LOOP``: ``auto`` uses uvloop when installed). Per call: on
+``start`` it opens the model socket in a task (caller audio that arrives meanwhile is kept),
+waits for ``session.created`` and sends ``session.update`` for mu-law both ways; each ``media``
+is parsed and forwarded as ``input_audio_buffer.append``; each model event is parsed and a
+``response.output_audio.delta`` is forwarded as a Twilio ``media``.
 Nothing else: no validation, no logging per call, no marks, no barge-in.
 
 ``--lean-model-connection`` opens the model socket with telewire's ``ModelConnection``

@@ -73,6 +73,8 @@ def _is_base64(text: str) -> bool:
         return False
     rest = text.encode("ascii", "replace").translate(None, _B64_ALPHABET)
     return not rest or ((rest == b"=" or rest == b"==") and text.endswith(rest.decode()))
+
+
 _MISSING = object()
 
 

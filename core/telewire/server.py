@@ -34,7 +34,7 @@ from telewire.settings import ServerSettings
 
 __all__ = ["TelewireServer"]
 
-TEXT, BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 #: what ``receive`` returns once the media socket is closing or closed (ends ``async for``)
 _SOCKET_DONE = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
@@ -329,7 +329,7 @@ class TelewireServer:
             while True:  # ``async for msg in ws`` without its extra coroutine per message
                 msg = await receive()
                 kind = msg.type
-                if kind is TEXT or kind is BINARY:
+                if kind is _TEXT or kind is _BINARY:
                     await feed(msg.data)
                 elif kind in _SOCKET_DONE:
                     break

@@ -145,7 +145,8 @@ class _LeanPath:
         """Give ``websockets`` the stream from a frame boundary on, for good."""
         self._fast = False
         self._ws_framed = True
-        super().data_received(data)
+        if data:
+            super().data_received(data)
 
     def _parse(self, data: bytes) -> None:
         """Read the whole frames in ``data`` (after any incomplete one kept from before)."""
@@ -190,10 +191,7 @@ class _LeanPath:
                 super().data_received(data[pos:end])
                 pos = end
                 if protocol.state is not _OPEN:  # a close frame: websockets has the rest
-                    self._fast = False
-                    self._ws_framed = True
-                    if pos < n:
-                        super().data_received(data[pos:])
+                    self._hand_over(data[pos:])
                     return
                 continue
             limit = protocol.max_message_size
