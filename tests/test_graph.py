@@ -151,9 +151,10 @@ def test_wiring_is_direct_calls_and_observers_see_frames():
             sent.append(m)
 
         tel_out2._send = send
-        tel_out2._carrier = type("C", (), {"wrap_audio": lambda self, c, f: f.b64})()
+        tel_out2._carrier = type("C", (), {"wrap_audio": lambda self, c, f: f.b64,
+                                           "build_mark": lambda self, c, name: f"mark {name}"})()
         await observed.nodes["rt"].emit("audio_out", AudioFrame(payload="AAAA", track="outbound"))
-        assert sent == ["AAAA"]
+        assert sent == ["AAAA", "mark tw-1"]
 
     asyncio.run(main())
     assert seen and seen[0][:2] == ("rt", "audio_out")

@@ -14,13 +14,33 @@ def send(ledger: PlaybackLedger, item: str, ms: int, now: float) -> list[str]:
     return [m for m in marks if m]
 
 
-def test_marks_every_interval_and_at_item_boundaries():
+def test_marks_after_first_audio_every_interval_and_at_item_boundaries():
     led = PlaybackLedger(marks=True, mark_interval_ms=100)
+    assert send(led, "a", 20, 0.0) == ["tw-1"]          # the first audio of an item: anchor
     assert send(led, "a", 60, 0.0) == []
-    assert send(led, "a", 60, 0.0) == ["tw-1"]          # 120 ms unmarked: due
-    assert send(led, "b", 20, 0.0) == []                 # "a" ended exactly at its mark
-    assert send(led, "c", 20, 0.0) == ["tw-2"]          # "b" had 20 ms unmarked: closed first
-    assert led.final_mark() == "tw-3" and led.final_mark() is None
+    assert send(led, "a", 60, 0.0) == ["tw-2"]          # 120 ms unmarked: due
+    assert send(led, "b", 20, 0.0) == ["tw-3"]          # "a" ended at its mark; "b" anchored
+    assert send(led, "b", 30, 0.0) == []
+    assert send(led, "c", 20, 0.0) == ["tw-4", "tw-5"]  # "b" had 30 ms unmarked: closed first
+    assert send(led, "c", 10, 0.0) == []
+    assert led.final_mark() == "tw-6" and led.final_mark() is None
+
+
+def test_default_interval_marks_a_steady_stream_once_a_second():
+    led = PlaybackLedger(marks=True)
+    marks = [m for i in range(150) for m in send(led, "a", 20, i * 0.02)]
+    assert marks == ["tw-1", "tw-2", "tw-3"]            # 3 s of audio: at 20, 1020 and 2020 ms
+    assert led.pending_marks == 3
+
+
+def test_first_mark_anchors_the_clock_to_a_carrier_that_starts_playing_late():
+    led = PlaybackLedger(marks=True, mark_interval_ms=1000)
+    assert send(led, "a", 20, 0.0) == ["tw-1"]
+    assert send(led, "a", 1000, 0.0) == ["tw-2"]        # the rest of a fast burst
+    assert led.position(0.1) == 20 * MS                 # held at tw-1 until the carrier says so
+    assert led.acknowledged("tw-1", 0.12)               # it started playing 100 ms after the send
+    heard = led.clear(0.22)
+    assert heard.item_id == "a" and heard.heard_ms == pytest.approx(120.0)
 
 
 def test_position_advances_from_acknowledged_marks_and_never_past_the_next_one():
@@ -64,8 +84,8 @@ def test_echoes_after_clear_are_flushed_not_played():
 def test_heard_is_relative_to_the_item_and_clamped_to_what_was_sent():
     led = PlaybackLedger(marks=True, mark_interval_ms=1000)
     send(led, "a", 200, 0.0)
-    send(led, "b", 200, 0.0)                            # "a" closed by tw-1 at 200 ms
-    led.acknowledged("tw-1", 0.2)
+    send(led, "b", 200, 0.0)                            # tw-1 after "a", tw-2 after "b"
+    assert led.acknowledged("tw-1", 0.2)
     heard = led.clear(0.25)
     assert heard.item_id == "b" and heard.heard_ms == pytest.approx(50.0) and heard.sent_ms == 200
 
@@ -73,8 +93,9 @@ def test_heard_is_relative_to_the_item_and_clamped_to_what_was_sent():
 def test_nothing_playing_means_nothing_to_truncate():
     led = PlaybackLedger(marks=True)
     assert led.clear(0.0) is None
-    send(led, "a", 40, 0.0)
-    led.acknowledged(led.final_mark(), 0.04)
+    (mark,) = send(led, "a", 40, 0.0)
+    assert led.final_mark() is None                     # already marked after its audio
+    assert led.acknowledged(mark, 0.04) and led.drained(0.04)
     assert led.clear(1.0) is None
 
 

@@ -43,6 +43,15 @@ def media_msg(payload: bytes, sid: str = "MZ1") -> str:
                                  "payload": base64.b64encode(payload).decode()}})
 
 
+async def recv_media(ws) -> dict:
+    """The next ``media`` message from the server (the marks in between are skipped)."""
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if msg["event"] == "media":
+            return msg
+        assert msg["event"] == "mark", msg
+
+
 async def test_echo_call_is_byte_identical_and_in_order(server):
     srv = await server()
     result = await CallSimulator(url(srv), pace=0, expect_echo=True).run(AUDIO)
@@ -68,10 +77,10 @@ async def test_bad_input_is_logged_precisely_and_the_call_goes_on(server, log_li
     async with connect(url(srv), max_size=None) as ws:
         await ws.send(start_msg())
         await ws.send(media_msg(b"\x01" * 160))
-        first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        first = await recv_media(ws)
         await ws.send(bad)
         await ws.send(media_msg(b"\x02" * 160))  # received after the bad one: still relayed
-        second = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        second = await recv_media(ws)
         assert base64.b64decode(first["media"]["payload"]) == b"\x01" * 160
         assert base64.b64decode(second["media"]["payload"]) == b"\x02" * 160
     errors = [line for line in log_lines if line.startswith("ERROR")]
@@ -86,7 +95,7 @@ async def test_media_before_start_is_reported_and_the_call_then_works(server, lo
         await ws.send(media_msg(b"\x05" * 160))
         await ws.send(start_msg())
         await ws.send(media_msg(b"\x06" * 160))
-        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        msg = await recv_media(ws)
         assert base64.b64decode(msg["media"]["payload"]) == b"\x06" * 160
     assert any("media received before the start event" in line for line in log_lines)
 

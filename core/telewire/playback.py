@@ -3,11 +3,15 @@
 Depends on nothing in telewire (sans-I/O: the caller passes the clock). ``carrier_out`` feeds it.
 
 Carriers buffer the agent audio we send and play it in real time. :class:`PlaybackLedger`
-counts the bytes sent, places uniquely named marks at most every ``mark_interval_ms`` and at
-every item boundary, and moves the played position only on marks acknowledged *before* a clear
+counts the bytes sent and places uniquely named marks: right after the first audio of every
+item (its echo anchors our clock to the carrier's playout, which starts a network latency and a
+jitter buffer later than we sent), then after every ``mark_interval_ms`` of audio, and at every
+item boundary. It moves the played position only on marks acknowledged *before* a clear
 (Twilio echoes every pending mark on ``clear``; those echoes say "flushed", not "played").
 Between acknowledgements the position advances at the playout rate from the last acknowledged
-mark, never past the next unacknowledged one. A carrier without marks gets the same cursor paced
+mark, never past the next unacknowledged one. A carrier plays at a fixed rate, so once anchored
+the interpolation holds; the later marks only correct what the carrier did not play on time
+(an underrun while our audio was late on the network), at the price of one message each way. A carrier without marks gets the same cursor paced
 by the clock alone. On barge-in, :meth:`clear` returns the item that was playing and how many
 milliseconds of it the caller heard, clamped to what was sent for that item.
 """
@@ -34,11 +38,12 @@ class PlaybackLedger:
     Args:
         marks: the carrier acknowledges marks; without them the cursor is paced by the clock.
         bytes_per_ms: playout rate (8 for mu-law 8 kHz).
-        mark_interval_ms: place a mark after at least this much audio (and at item boundaries).
+        mark_interval_ms: place a mark after at least this much audio (besides the marks after
+            the first audio of an item and at item boundaries).
     """
 
     def __init__(self, *, marks: bool, bytes_per_ms: float = 8.0,
-                 mark_interval_ms: float = 250.0) -> None:
+                 mark_interval_ms: float = 1000.0) -> None:
         self.marks = marks
         self.rate = bytes_per_ms
         self.mark_bytes = mark_interval_ms * bytes_per_ms
@@ -53,6 +58,7 @@ class PlaybackLedger:
         self._items: list[tuple[str | None, int]] = []
         self._item: str | None = None
         self._item_open = False
+        self._anchor_due = False
         self._idle_at = 0.0
 
     # ------------------------------------------------------------------------------ sending
@@ -61,7 +67,7 @@ class PlaybackLedger:
         """Call before sending audio of ``item_id``; returns a mark to send first, if any.
 
         A new item closes the previous one with a mark (when there is unmarked audio), so the
-        end of every item can be confirmed.
+        end of every item can be confirmed, and its own first audio will be marked too.
         """
         if self._item_open and item_id == self._item:  # the common case: more of the same item
             if now >= self._idle_at and self.position(now) >= self.total_sent:
@@ -74,6 +80,7 @@ class PlaybackLedger:
         if len(self._items) > 64:  # only items that may still be playing matter
             del self._items[:-64]
         self._item, self._item_open = item_id, True
+        self._anchor_due = self.marks
         return mark
 
     def after_audio(self, nbytes: int, now: float) -> str | None:
@@ -85,7 +92,7 @@ class PlaybackLedger:
         # before this instant, playout cannot have caught up with what is sent (a cheap bound
         # that spares before_audio the full position computation on every frame)
         self._idle_at = self._anchor_time + (self.total_sent - self._anchor_offset) / self.rate / 1000.0
-        if self._unmarked >= self.mark_bytes:
+        if self._anchor_due or self._unmarked >= self.mark_bytes:
             return self._new_mark()
         return None
 
@@ -100,6 +107,7 @@ class PlaybackLedger:
         name = f"tw-{self._seq}"
         self._pending[name] = self.total_sent
         self._unmarked = 0
+        self._anchor_due = False
         return name
 
     # ------------------------------------------------------------------------------ feedback
