@@ -594,8 +594,12 @@ def render_docs(report: dict[str, Any]) -> str:
         "  `response.output_audio.delta` with the identical base64.",
         "* **The carrier** is `bench/loadgen.py`, one process simulating N Twilio calls per system",
         "  at real-time pace: `connected`, `start`, a 20 ms (160-byte) `media` frame every 20 ms,",
-        f"  `stop`. Call starts are staggered over {s['stagger_s']:g} s. Its WebSocket client is a minimal",
-        "  one on `asyncio.Protocol` so that the load costs the shared core little.",
+        "  `stop`. It echoes every `mark` as soon as it arrives (Twilio echoes a mark when the",
+        "  audio before it has played, which at real-time pace is soon after); telewire places",
+        "  one after the first audio of an item, then one per `mark_interval_ms` (default 1 s),",
+        f"  the bare relay none. Call starts are staggered over {s['stagger_s']:g} s. Its WebSocket",
+        "  client is a minimal one on `asyncio.Protocol` so that the load costs the shared core",
+        "  little.",
         "* **Taking turns**: all systems of a round run at once, each with its N calls connected",
         "  throughout, but only one system's calls send media at a time: "
         f"{s.get('slot_s', 2.0):g} s of sending, then",
@@ -695,18 +699,28 @@ def render_docs(report: dict[str, Any]) -> str:
                          f"{_fmt(tw['ratio']['cpu_s_per_call_min'])}×, p99 "
                          f"{_fmt(tw['ratio']['rtt_p99_ms'])}×, completed "
                          f"{tw['calls_completed']} / {n}.")
+    lines += ["", "*telewire* is the graph as shipped, whose recorder writes every frame of both",
+              "directions to its tracks and event log; *telewire, relay graph* is the path this",
+              "bar is about. Where the shipped graph keeps its core more than about 0.8 busy, its",
+              "round trips queue: size a recording deployment by its CPU figure, not the relay's."]
     spill = [r for r in report["runs"] if (r.get("cpu_s_in_others_slots") or 0) > 0.05 * (
         (r["load"].get("sut_cpu_s") or 0) + 1e-9)]
     lines += ["", "How far to trust one round: p99 is the figure that moves most. The slow frames of a",
               "round come in bursts of a few hundred milliseconds in which every call is late",
               "(`loadgen.py --dump` shows them). The load generator and the fake models share one",
               "core and stall for 10-20 ms now and then, the shared machine slows now and then, and",
-              "a server works off the backlog more slowly the busier it is. At 200 calls telewire's",
-              "bursts have also lasted longer than the bare relay's at about the same busy fraction",
-              "(in a loop-lag probe, up to a second of 10-17 ms loop iterations), which is not",
-              "explained yet. Taking turns puts every system through the same moments of the",
-              "machine, but p99 still moves from round to round (see *Round by round*) while CPU",
-              "holds: read the CPU ratio as the cost, and a p99 ratio only across rounds."]
+              "a server works off the backlog more slowly the busier it is. Taking turns puts every",
+              "system through the same moments of the machine, but p99 still moves from round to",
+              "round (see *Round by round*) while CPU holds: read the CPU ratio as the cost, and a",
+              "p99 ratio only across rounds.",
+              "",
+              "Playback marks are messages too. Each costs about what a media frame costs (a send,",
+              "and a receive and parse of its echo). Until commit a6faa4b3 telewire placed one every",
+              "250 ms of agent audio, 8 % more messages each way than the bare relay's, and at 200",
+              "calls that put the relay graph at about 1.1× the bare relay's CPU and 2-3× its p99,",
+              "with longer bursts than the bare relay's at the same busy fraction; with marks turned",
+              "off in paired runs both ratios were about 1.0×. Marks now come once a second (plus one",
+              "after the first audio of each item), about 2 % more messages."]
     if spill:
         lines.append("")
         lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
