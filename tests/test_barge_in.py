@@ -66,6 +66,27 @@ async def test_truncate_lands_within_20_ms_of_what_was_played(press_at_ms):
         assert_ga(event, side="client")
 
 
+async def test_truncate_is_right_when_the_carrier_starts_playing_late():
+    """The carrier's jitter buffer holds agent audio 150 ms before playing it. The key is pressed
+    about 300 ms after the agent began, before a mark every 250 ms would have come back: the mark
+    after the item's first audio has anchored the playout clock, so the truncate still lands
+    where the caller was (not 150 ms later)."""
+    async with FakeRealtimeServer(mode="talk", talk_speed=2.0, response_audio_ms=3000,
+                                  talk_after_appends=25) as fake:
+        srv = await serve(fake)
+        try:
+            sim = CallSimulator(media_url(srv), dtmf=[(800, "*")], drain_s=1.0,
+                                playout_delay_ms=150)
+            result = await sim.run(silence(1200))
+        finally:
+            await srv.stop(drain_timeout_s=1)
+        conn = fake.connections[0]
+    (truncate,) = conn.truncations
+    played_ms = result.played_at_clear[0] / 8
+    assert played_ms > 50, "the carrier should have been playing the agent when the key was pressed"
+    assert abs(truncate["audio_end_ms"] - played_ms) <= 20, (truncate, played_ms)
+
+
 async def test_star_clears_cancels_and_truncates_and_an_empty_digit_disables_it():
     async with FakeRealtimeServer(mode="talk", talk_speed=1.0, response_audio_ms=3000) as fake:
         srv = await serve(fake)

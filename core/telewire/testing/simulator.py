@@ -100,6 +100,8 @@ class CallSimulator:
         pace: 1.0 sends in real time; 2.0 twice as fast; 0 as fast as possible.
         frame_ms: audio per media message.
         playout_rate: how fast returned audio "plays" for mark acknowledgement (1.0 = real time).
+        playout_delay_ms: when returned audio arrives while nothing is playing, it starts
+            playing this much later (a carrier's jitter buffer).
         drain_s: after the last frame, wait this long for outstanding audio.
         expect_echo: stop draining as soon as every sent frame came back.
         dtmf: ``(at_ms, digit)`` pairs sent at those media times.
@@ -109,7 +111,7 @@ class CallSimulator:
     def __init__(self, url: str, *, custom_parameters: Mapping[str, str] | None = None,
                  auth_token: str | None = None, signature_url: str | None = None,
                  pace: float = 1.0, frame_ms: int = FRAME_MS, playout_rate: float = 1.0,
-                 drain_s: float = 2.0, expect_echo: bool = False,
+                 playout_delay_ms: float = 0.0, drain_s: float = 2.0, expect_echo: bool = False,
                  dtmf: Sequence[tuple[float, str]] = (), hang_up: bool = True,
                  stream_sid: str | None = None, call_sid: str | None = None) -> None:
         self.url = url
@@ -119,6 +121,9 @@ class CallSimulator:
         self.pace = pace
         self.frame_ms = frame_ms
         self.playout_rate = playout_rate
+        if playout_delay_ms < 0:
+            raise ValueError(f"playout_delay_ms must be >= 0, not {playout_delay_ms!r}")
+        self.playout_delay_s = playout_delay_ms / 1000.0
         self.drain_s = drain_s
         self.expect_echo = expect_echo
         self.dtmf = sorted(dtmf)
@@ -226,6 +231,7 @@ class CallSimulator:
         loop = asyncio.get_running_loop()
         playout_end = 0.0
         received_bytes = 0
+        run_start_bytes = 0  # audio received before the current stretch of playout began
         rate = BYTES_PER_MS * 1000.0 * max(self.playout_rate, 1e-6)  # bytes played per second
         pending: list[tuple[str, asyncio.TimerHandle]] = []
 
@@ -258,8 +264,11 @@ class CallSimulator:
                     if q:
                         result.latencies_ms.append((now - q.popleft()) * 1000.0)
                     nbytes = len(payload) * 3 // 4 - payload[-2:].count("=")
+                    if playout_end <= now:  # nothing playing: a new stretch, after the delay
+                        run_start_bytes = received_bytes
+                        playout_end = now + self.playout_delay_s
                     received_bytes += nbytes
-                    playout_end = max(playout_end, now) + nbytes / rate
+                    playout_end += nbytes / rate
                 elif event == "mark":
                     name = msg["mark"]["name"]
                     result.marks_received.append(name)
@@ -268,7 +277,8 @@ class CallSimulator:
                 elif event == "clear":
                     result.clears += 1
                     queued = max(0.0, playout_end - now) * rate
-                    result.played_at_clear.append(int(received_bytes - queued))
+                    result.played_at_clear.append(int(max(run_start_bytes,
+                                                          received_bytes - queued)))
                     playout_end = now
                     for name, handle in list(pending):
                         handle.cancel()
