@@ -12,8 +12,8 @@ relay on telewire's model connection and the relay graph on the stdlib asyncio l
 each and lets the systems take turns (``--slot`` seconds of sending each, then ``--gap`` seconds of
 silence) until each has had ``--seconds`` of sending in the measured window. A shared machine's
 speed drifts by tens of percent from one half-minute to the next; taking turns every few seconds
-measures every system on the same machine. Rounds are repeated ``--repeat`` times, the turn order
-rotated. Before each round the script waits for other processes to go quiet, and runs again a
+measures every system on the same machine. Rounds are repeated ``--repeat`` times with a new turn
+order each (see :func:`turn_orders`). Before each round the script waits for other processes to go quiet, and runs again a
 round they disturbed (``--quiet``, ``--patience``, ``--retries``). On a machine with two or more
 cores the systems under test are pinned to core 0 and everything else (fake models, load
 generator, this script) to core 1, so that the harness does not steal the measured core.
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -613,8 +614,9 @@ def render_docs(report: dict[str, Any]) -> str:
          if s["pinned"] else
          "* **Pinning**: none (fewer than two cores, or `--no-pin`)."),
         "* **Rounds**: one per N"
-        + (f", repeated {s['repeat']} times with the turn order rotated (figures are medians;"
-           " lost frames the worst round)" if s["repeat"] > 1 else "")
+        + (f", repeated {s['repeat']} times with a new turn order each, so that no system always"
+           " follows the same one (figures are medians; lost frames the worst round)"
+           if s["repeat"] > 1 else "")
         + "; the bare relay on telewire's model connection and the relay graph on the stdlib",
         "  asyncio loop (`TELEWIRE_LOOP=asyncio`) join the round at the largest N.",
         "",
@@ -813,6 +815,20 @@ def uvloop_note(summary: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------------- main
 
 
+def turn_orders(systems: list[str], rounds: int) -> list[list[str]]:
+    """A turn order per round in which each system follows a different one from round to round.
+
+    Turns repeat in a cycle, so a system's cost can spill into the next one's turn (a backlog,
+    the kernel's deferred work). Rotating the order keeps every system's predecessor the same;
+    stepping through the systems with a stride coprime to their number changes it: with n
+    systems, n - 1 rounds give each system every other one as predecessor once (n prime).
+    """
+    n = len(systems)
+    strides = [k for k in range(1, n) if math.gcd(k, n) == 1] or [1]
+    return [[systems[(r + i * strides[r % len(strides)]) % n] for i in range(n)]
+            for r in range(rounds)]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     p.add_argument("--calls", default="50,200", help="comma-separated concurrent call counts")
@@ -821,8 +837,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 10 calls for 5 s; docs not rewritten unless --docs")
     p.add_argument("--no-relay-graph", action="store_true",
                    help="skip telewire on the default graph cut down to the relay path")
-    p.add_argument("--repeat", type=int, default=2,
-                   help="rounds per N, the turn order rotated (figures are medians); --quick: 1")
+    p.add_argument("--repeat", type=int, default=4,
+                   help="rounds per N, each with a new turn order (figures are medians); "
+                        "--quick: 1")
     p.add_argument("--stagger", type=float, default=1.0, help="call starts spread over this")
     p.add_argument("--warmup", type=float, default=1.0, help="after the starts, before the window")
     p.add_argument("--drain", type=float, default=5.0, help="wait for outstanding echoes")
@@ -927,9 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                 systems.append("telewire-asyncio")
             elif not args.no_relay_graph and n == max(args.call_counts):
                 systems.append("telewire-relay-asyncio")  # sustained there, where loops matter
-        for r in range(args.repeat):
-            k = r % len(systems)  # rotate the turn order: no system always follows the same one
-            plan.append((systems[k:] + systems[:k], n))
+        plan += [(order, n) for order in turn_orders(systems, args.repeat)]
     print(f"bench: {len(plan)} rounds ({'pinned' if pinned else 'unpinned'}; logs in {logdir})",
           flush=True)
     runs: list[dict[str, Any]] = []

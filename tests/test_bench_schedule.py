@@ -7,6 +7,7 @@ schedule that hands out the slots is tested like product code.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,36 @@ def test_no_two_systems_send_at_once_and_each_gets_its_share():
         for k in who:
             sending[k] += step
     assert sending == pytest.approx([20.0] * 4, abs=0.02)  # 10 turns x 2 s each
+
+
+def _load_bench_run():
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    spec = importlib.util.spec_from_file_location("bench_run", bench / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(bench))  # run.py imports its sibling loadgen.py
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+bench_run = _load_bench_run()
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_turn_orders_give_every_system_a_new_predecessor_each_round(n):
+    systems = [f"s{i}" for i in range(n)]
+    orders = bench_run.turn_orders(systems, max(1, n - 1))
+    predecessors = {s: [] for s in systems}
+    for order in orders:
+        assert sorted(order) == systems                     # every system once per round
+        for i, s in enumerate(order):                      # turns repeat: the cycle wraps
+            predecessors[s].append(order[i - 1])
+    for s, preds in predecessors.items():
+        assert s not in preds and len(set(preds)) == len(preds) == max(1, n - 1), (s, preds)
+
+
+def test_turn_orders_keep_going_past_the_distinct_ones():
+    orders = bench_run.turn_orders(["a", "b", "c"], 5)
+    assert len(orders) == 5 and all(sorted(o) == ["a", "b", "c"] for o in orders)
