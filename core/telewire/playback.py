@@ -11,9 +11,10 @@ item boundary. It moves the played position only on marks acknowledged *before* 
 Between acknowledgements the position advances at the playout rate from the last acknowledged
 mark, never past the next unacknowledged one. A carrier plays at a fixed rate, so once anchored
 the interpolation holds; the later marks only correct what the carrier did not play on time
-(an underrun while our audio was late on the network), at the price of one message each way. A carrier without marks gets the same cursor paced
-by the clock alone. On barge-in, :meth:`clear` returns the item that was playing and how many
-milliseconds of it the caller heard, clamped to what was sent for that item.
+(an underrun while our audio was late on the network), at the price of one message each way.
+A carrier without marks gets the same cursor paced by the clock alone. On barge-in,
+:meth:`clear` returns the item that was playing and how many milliseconds of it the caller
+heard, clamped to what was sent for that item.
 """
 
 from __future__ import annotations
