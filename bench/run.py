@@ -719,10 +719,20 @@ def render_docs(report: dict[str, Any]) -> str:
               "Playback marks are messages too. Each costs about what a media frame costs (a send,",
               "and a receive and parse of its echo). Until commit a6faa4b3 telewire placed one every",
               "250 ms of agent audio, 8 % more messages each way than the bare relay's, and at 200",
-              "calls that put the relay graph at about 1.1× the bare relay's CPU and 2-3× its p99,",
-              "with longer bursts than the bare relay's at the same busy fraction; with marks turned",
-              "off in paired runs both ratios were about 1.0×. Marks now come once a second (plus one",
-              "after the first audio of each item), about 2 % more messages."]
+              "calls that put the relay graph at about 1.1× the bare relay's CPU and 2-3× its p99.",
+              "Marks now come once a second (plus one after the first audio of each item), about",
+              "2 % more messages, and the CPU ratio is about 1.0×. The p99 ratio at 200 calls has",
+              "since come out between 1.0× and 2.1× from one run of `make bench` to the next.",
+              "",
+              "What is known of the rest of the p99 gap: in paired runs with `loadgen.py --dump`,",
+              "most slow frames of both systems come in bursts that hit both. The relay graph also",
+              "has, in one or two of every ten turns, a stall of 50-150 ms in the first 100 ms of",
+              "its turn, as its 200 calls resume after seconds of silence; the bare relay does not,",
+              "and the stalls stay with marks turned off. A stack sampler run during those stalls",
+              "finds the server in the event loop's C code or the kernel, not in telewire's Python",
+              "code. The cause is not found yet. Real calls do not fall silent and resume all at",
+              "once, so this may be a cost of taking turns rather than of calls, but until that is",
+              "shown the p99 bar is not claimed."]
     if spill:
         lines.append("")
         lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
