@@ -116,3 +116,25 @@ def test_audio_queued_behind_earlier_audio_starts_when_that_ends():
     send(led, "b", 100, 0.05)                           # sent while "a" still playing
     heard = led.clear(0.15)
     assert heard.item_id == "b" and heard.heard_ms == pytest.approx(50.0)
+
+
+def test_jitter_spreads_the_marks_of_calls_that_started_together():
+    import random
+
+    firsts = set()
+    for seed in range(50):
+        led = PlaybackLedger(marks=True, mark_interval_ms=1000, mark_jitter=0.5,
+                             rng=random.Random(seed))
+        at = []
+        for i in range(400):                            # 8 s of 20 ms frames, in lockstep
+            if send(led, "a", 20, i * 0.02):
+                at.append((i + 1) * 20)
+        gaps = [b - a for a, b in zip(at, at[1:])]
+        assert at[0] == 20 and all(1000 <= g <= 1520 for g in gaps), gaps
+        firsts.add(at[1])
+    assert max(firsts) - min(firsts) >= 300             # not all in the same instant
+
+
+def test_jitter_must_not_be_negative():
+    with pytest.raises(ValueError, match="mark_jitter"):
+        PlaybackLedger(marks=True, mark_jitter=-0.1)

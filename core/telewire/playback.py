@@ -5,8 +5,9 @@ Depends on nothing in telewire (sans-I/O: the caller passes the clock). ``carrie
 Carriers buffer the agent audio we send and play it in real time. :class:`PlaybackLedger`
 counts the bytes sent and places uniquely named marks: right after the first audio of every
 item (its echo anchors our clock to the carrier's playout, which starts a network latency and a
-jitter buffer later than we sent), then after every ``mark_interval_ms`` of audio, and at every
-item boundary. It moves the played position only on marks acknowledged *before* a clear
+jitter buffer later than we sent), then after every ``mark_interval_ms`` of audio (optionally
+stretched at random, so that calls started together do not mark together), and at every item
+boundary. It moves the played position only on marks acknowledged *before* a clear
 (Twilio echoes every pending mark on ``clear``; those echoes say "flushed", not "played").
 Between acknowledgements the position advances at the playout rate from the last acknowledged
 mark, never past the next unacknowledged one. A carrier plays at a fixed rate, so once anchored
@@ -19,6 +20,7 @@ heard, clamped to what was sent for that item.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 __all__ = ["Heard", "PlaybackLedger"]
@@ -41,13 +43,22 @@ class PlaybackLedger:
         bytes_per_ms: playout rate (8 for mu-law 8 kHz).
         mark_interval_ms: place a mark after at least this much audio (besides the marks after
             the first audio of an item and at item boundaries).
+        mark_jitter: stretch each interval by a random fraction up to this (0.5: 1 to 1.5
+            intervals), so that calls that started together do not all mark at once.
+        rng: the random source for the jitter (seed one for repeatable marks).
     """
 
     def __init__(self, *, marks: bool, bytes_per_ms: float = 8.0,
-                 mark_interval_ms: float = 1000.0) -> None:
+                 mark_interval_ms: float = 1000.0, mark_jitter: float = 0.0,
+                 rng: random.Random | None = None) -> None:
+        if mark_jitter < 0:
+            raise ValueError(f"mark_jitter must be >= 0, not {mark_jitter!r}")
         self.marks = marks
         self.rate = bytes_per_ms
         self.mark_bytes = mark_interval_ms * bytes_per_ms
+        self._jitter = mark_jitter
+        self._rng = rng or random.Random()
+        self._next_mark_bytes = self._interval_bytes()
         self.total_sent = 0
         self._anchor_offset = 0.0
         self._anchor_time: float | None = None
@@ -93,7 +104,7 @@ class PlaybackLedger:
         # before this instant, playout cannot have caught up with what is sent (a cheap bound
         # that spares before_audio the full position computation on every frame)
         self._idle_at = self._anchor_time + (self.total_sent - self._anchor_offset) / self.rate / 1000.0
-        if self._anchor_due or self._unmarked >= self.mark_bytes:
+        if self._anchor_due or self._unmarked >= self._next_mark_bytes:
             return self._new_mark()
         return None
 
@@ -109,7 +120,13 @@ class PlaybackLedger:
         self._pending[name] = self.total_sent
         self._unmarked = 0
         self._anchor_due = False
+        self._next_mark_bytes = self._interval_bytes()
         return name
+
+    def _interval_bytes(self) -> float:
+        if not self._jitter:
+            return self.mark_bytes
+        return self.mark_bytes * (1.0 + self._jitter * self._rng.random())
 
     # ------------------------------------------------------------------------------ feedback
 

@@ -28,6 +28,9 @@ class CarrierOutConfig(NodeConfig):
             position is interpolated at the playout rate; later marks only correct for audio the
             carrier did not play on time. Smaller corrects sooner but costs a message each way
             per mark: at 250 ms, about 8% more messages than the audio itself.
+        mark_jitter: stretch each mark interval by a random fraction up to this (0.5: marks
+            every 1 to 1.5 ``mark_interval_ms``), so that calls that started together do not all
+            mark in the same instant. 0 marks at exact intervals.
         drain_timeout_s: how long a hang-up waits for the last agent audio to play.
         response_envelope_spec: how outbound messages look, for carriers configured by envelope
             specs: a preset name, a TOML file path, or an inline table. Defaults to the response
@@ -35,6 +38,7 @@ class CarrierOutConfig(NodeConfig):
     """
 
     mark_interval_ms: float = Field(default=1000.0, gt=0)
+    mark_jitter: float = Field(default=0.5, ge=0, le=10)
     drain_timeout_s: float = Field(default=10.0, ge=0)
     response_envelope_spec: str | dict[str, Any] | None = None
 
@@ -59,6 +63,7 @@ class CarrierOut(Node):
         self._send = call.send_to_carrier
         caps = call.context.capabilities or self._carrier.capabilities
         self.ledger = PlaybackLedger(marks=caps.marks, mark_interval_ms=config.mark_interval_ms,
+                                     mark_jitter=config.mark_jitter,
                                      bytes_per_ms=caps.media_format.sample_rate
                                      * (2 if caps.media_format.codec == "l16" else 1) / 1000.0)
         self._clock = time.monotonic
