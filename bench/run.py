@@ -724,15 +724,17 @@ def render_docs(report: dict[str, Any]) -> str:
               "2 % more messages, and the CPU ratio is about 1.0×. The p99 ratio at 200 calls has",
               "since come out between 1.0× and 2.1× from one run of `make bench` to the next.",
               "",
-              "What is known of the rest of the p99 gap: in paired runs with `loadgen.py --dump`,",
-              "most slow frames of both systems come in bursts that hit both. The relay graph also",
-              "has, in one or two of every ten turns, a stall of 50-150 ms in the first 100 ms of",
-              "its turn, as its 200 calls resume after seconds of silence; the bare relay does not,",
-              "and the stalls stay with marks turned off. A stack sampler run during those stalls",
-              "finds the server in the event loop's C code or the kernel, not in telewire's Python",
-              "code. The cause is not found yet. Real calls do not fall silent and resume all at",
-              "once, so this may be a cost of taking turns rather than of calls, but until that is",
-              "shown the p99 bar is not claimed."]
+              "What is known of the rest of the p99 gap, from paired runs with `loadgen.py --dump`:",
+              "the relay graph's slow frames clustered at the start of its turns and 1 s into them.",
+              "Taking turns makes every call send the same number of frames, so the 200 calls'",
+              "once-a-second marks fell in the same 20 ms. Since commit 2c4af9ab each mark",
+              "interval is stretched by a random fraction of up to half (`mark_jitter`), and those",
+              "clusters are gone from the dumps. The p99 ratio still moves a lot from one paired run",
+              "to the next (four runs after that change: 0.37×, 1.57×, 4.6×, 1.6×). Most slow",
+              "frames of both systems come in bursts that hit both; the relay graph's bursts are",
+              "fewer than the bare relay's but longer. A stack sampler run during them finds the",
+              "server in the event loop's C code or the kernel, not in telewire's Python code. The",
+              "cause is not found yet, and the p99 bar is not claimed."]
     if spill:
         lines.append("")
         lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
