@@ -733,8 +733,10 @@ def render_docs(report: dict[str, Any]) -> str:
               "yet (sampled during them, the server is in the event loop's C code or the kernel,",
               "not in telewire's Python code). So the p99 ratio at 200 calls moves from run to",
               "run more than the CPU ratio: on this machine, runs of `bench/run.py` on the commits",
-              "of 2026-11-26 gave 1.04×, 1.67×, 2.04× before the jitter and 1.04× after it, and",
-              "single paired rounds after it ranged from 0.4× to 4.6×."]
+              "of 2026-11-26 gave 1.04×, 1.67×, 2.04× before the jitter (rounds 0.85× to 9.4×,",
+              "half of them within 1.5×) and 1.04×, 1.12× after it (rounds 0.54× to 2.52×, seven",
+              "of eight within 1.5×); single paired rounds of two systems after it ranged from",
+              "0.4× to 4.6×."]
     if spill:
         lines.append("")
         lines.append("Still working after its turn and its silence (over 5 % of its CPU fell "
