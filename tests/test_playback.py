@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from telewire.playback import PlaybackLedger
@@ -119,8 +121,6 @@ def test_audio_queued_behind_earlier_audio_starts_when_that_ends():
 
 
 def test_jitter_spreads_the_marks_of_calls_that_started_together():
-    import random
-
     firsts = set()
     for seed in range(50):
         led = PlaybackLedger(marks=True, mark_interval_ms=1000, mark_jitter=0.5,

@@ -45,7 +45,8 @@ class PlaybackLedger:
             the first audio of an item and at item boundaries).
         mark_jitter: stretch each interval by a random fraction up to this (0.5: 1 to 1.5
             intervals), so that calls that started together do not all mark at once.
-        rng: the random source for the jitter (seed one for repeatable marks).
+        rng: the random source for the jitter (seed one for repeatable marks); default the
+            ``random`` module's shared generator.
     """
 
     def __init__(self, *, marks: bool, bytes_per_ms: float = 8.0,
@@ -57,7 +58,7 @@ class PlaybackLedger:
         self.rate = bytes_per_ms
         self.mark_bytes = mark_interval_ms * bytes_per_ms
         self._jitter = mark_jitter
-        self._rng = rng or random.Random()
+        self._random = (rng or random).random  # no generator of its own per call: ~3 KiB each
         self._next_mark_bytes = self._interval_bytes()
         self.total_sent = 0
         self._anchor_offset = 0.0
@@ -126,7 +127,7 @@ class PlaybackLedger:
     def _interval_bytes(self) -> float:
         if not self._jitter:
             return self.mark_bytes
-        return self.mark_bytes * (1.0 + self._jitter * self._rng.random())
+        return self.mark_bytes * (1.0 + self._jitter * self._random())
 
     # ------------------------------------------------------------------------------ feedback
 
