@@ -13,10 +13,11 @@ each and lets the systems take turns (``--slot`` seconds of sending each, then `
 silence) until each has had ``--seconds`` of sending in the measured window. A shared machine's
 speed drifts by tens of percent from one half-minute to the next; taking turns every few seconds
 measures every system on the same machine. Rounds are repeated ``--repeat`` times with a new turn
-order each (see :func:`turn_orders`). Before each round the script waits for other processes to go quiet, and runs again a
-round they disturbed (``--quiet``, ``--patience``, ``--retries``). On a machine with two or more
-cores the systems under test are pinned to core 0 and everything else (fake models, load
-generator, this script) to core 1, so that the harness does not steal the measured core.
+order each (see :func:`turn_orders`). Before each round the script waits for other processes to
+go quiet, and runs again a round they disturbed (``--quiet``, ``--patience``, ``--retries``). On
+a machine with two or more cores the systems under test are pinned to core 0 and everything else
+(fake models, load generator, this script) to core 1, so that the harness does not steal the
+measured core.
 
 Writes ``bench/results/<timestamp>.json`` and rewrites ``docs/benchmarks.md`` (not with
 ``--quick``, a smoke run of 10 calls for 5 s, unless ``--docs`` is given). Every child process is
