@@ -62,9 +62,9 @@ class BareRelay:
         self.calls = 0
         self.app = web.Application()
         self.app.add_routes([web.get("/media/{carrier}", self.media),
-                             web.get("/healthz", self.healthz)])
+                             web.get("/readyz", self.readyz)])
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "calls": self.calls})
 
     async def media(self, request: web.Request) -> web.WebSocketResponse:

@@ -178,7 +178,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{_tail(log)}")
         try:
             if health:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                     if r.status == 200:
                         return
             else:

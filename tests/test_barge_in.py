@@ -19,6 +19,7 @@ from telewire.testing.fake_realtime import FakeRealtimeServer, talk_audio
 from telewire.testing.simulator import CallSimulator
 
 SILENCE = b"\xff" * 8  # one mu-law millisecond of silence
+OPERATOR_TOKEN = "operator-token-for-tests"
 
 
 def silence(ms: int) -> bytes:
@@ -28,7 +29,7 @@ def silence(ms: int) -> bytes:
 async def serve(fake: FakeRealtimeServer, *overrides: str) -> TelewireServer:
     """telewire on the default graph with the openai provider pointed at ``fake``."""
     srv = TelewireServer(
-        load_settings(host="127.0.0.1", port=0),
+        load_settings(host="127.0.0.1", port=0, operator_token=OPERATOR_TOKEN),
         load_graph(None, ["rt.config.provider=openai", f"rt.config.url={fake.url}",
                           "rt.config.transcription_model=", *overrides]),
         CarrierRegistry())
@@ -121,8 +122,9 @@ async def test_voice_change_waits_for_response_done_and_the_call_goes_on(log_lin
             while not first.response_active:
                 await asyncio.sleep(0.02)
             async with aiohttp.ClientSession() as http:
-                url = f"http://127.0.0.1:{srv.port}/calls/twilio/{sim.call_sid}/steer"
-                async with http.post(url, json={"voice": "cedar"}) as r:
+                url = f"http://127.0.0.1:{srv.port}/api/calls/twilio/{sim.call_sid}/steer"
+                async with http.post(url, json={"voice": "cedar"},
+                                     headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
                     assert r.status == 200
             assert first.response_active  # still speaking: the swap must wait
             assert not [e for e in first.events("session.update")[1:]

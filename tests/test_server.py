@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import aiohttp
 import pytest
@@ -140,21 +141,31 @@ async def test_socket_dropped_without_stop_ends_the_call(server, log_lines):
     assert any("call ended: socket_closed" in line for line in log_lines)
 
 
-async def test_healthz_and_capacity(server):
+async def test_probes_and_capacity(server):
     srv = await server(max_calls=1)
+    base = f"http://127.0.0.1:{srv.port}"
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{srv.port}/healthz") as r:
-            body = await r.json()
-            assert r.status == 200 and body["calls"] == 0 and body["max_calls"] == 1
-            assert "twilio" in body["carriers"]
-    async with connect(url(srv)) as ws:
-        await ws.send(start_msg())
-        await ws.send(media_msg(b"\x01" * 160))
-        await asyncio.wait_for(ws.recv(), 5)
-        with pytest.raises(InvalidStatus) as info:
-            async with connect(url(srv)):
-                pass
-        assert info.value.response.status_code == 503
+        async with http.get(f"{base}/livez") as r:
+            assert r.status == 200 and await r.json() == {"status": "ok"}
+        async with http.get(f"{base}/readyz") as r:
+            assert r.status == 200 and (await r.json())["ready"] is True
+        async with http.get(f"{base}/healthz") as r:
+            assert r.status == 404
+        async with connect(url(srv)) as ws:
+            await ws.send(start_msg())
+            await ws.send(media_msg(b"\x01" * 160))
+            await asyncio.wait_for(ws.recv(), 5)
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(url(srv)):
+                    pass
+            assert info.value.response.status_code == 503
+            async with http.get(f"{base}/readyz") as r:
+                assert r.status == 503 and (await r.json())["why"] == "at capacity"
+        srv.draining = True
+        async with http.get(f"{base}/readyz") as r:
+            assert r.status == 503 and (await r.json())["why"] == "draining"
+        async with http.get(f"{base}/livez") as r:
+            assert r.status == 200
 
 
 async def test_unknown_carrier_is_404(server):
@@ -191,11 +202,14 @@ async def test_signatures_are_enforced_when_the_token_is_set(server, monkeypatch
             assert r.status == 403
         async with http.post(answer, data=params, headers={"X-Twilio-Signature": good}) as r:
             assert r.status == 200
-            assert 'url="wss://voice.example.com/media/twilio"' in await r.text()
+            twiml = await r.text()
+            assert 'url="wss://voice.example.com/media/twilio"' in twiml
+    token = re.search(r'name="telewire_call_token" value="([^"]+)"', twiml).group(1)
     with pytest.raises(InvalidStatus) as info:
         await CallSimulator(url(srv), auth_token="wrong").run(AUDIO[:160])
     assert info.value.response.status_code == 403
     ok = await CallSimulator(url(srv), auth_token="s3cret-token", pace=0, expect_echo=True,
+                             custom_parameters={"telewire_call_token": token},
                              signature_url="wss://voice.example.com/media/twilio").run(AUDIO)
     assert ok.received_audio == AUDIO
     assert not any("s3cret-token" in line for line in log_lines)

@@ -436,7 +436,9 @@ class CallGraph:
     carrier: Carrier
     send: SendFn
     observers: Mapping[tuple[str, str], list[Observer]] = field(default_factory=dict)
-    on_start: Callable[["CallGraph"], None] | None = None
+    #: admission at the start event: returns the start frame to run the call with (the same or
+    #: a copy with credentials removed), or why the call is refused (it then ends, ``refused``).
+    on_start: Callable[["CallGraph", StartFrame], StartFrame | str] | None = None
     context: CallContext = field(init=False)
     nodes: dict[str, Node] = field(init=False)
     ended: asyncio.Event = field(init=False)
@@ -467,10 +469,15 @@ class CallGraph:
         self._started = True
         self.log = logger.bind(carrier=frame.carrier, call_sid=frame.call_id,
                                stream_sid=frame.stream_id)
+        if self.on_start is not None:
+            admitted = self.on_start(self, frame)
+            if isinstance(admitted, str):
+                self.log.warning("call refused: {}", admitted)
+                await self.end("refused", admitted)
+                return
+            frame = admitted
         self.log.info("call started ({} {} Hz)", frame.media_format.codec,
                       frame.media_format.sample_rate)
-        if self.on_start is not None:
-            self.on_start(self)
         for node in self.nodes.values():
             await node.on_call_start(frame)
 

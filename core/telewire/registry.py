@@ -98,7 +98,8 @@ class Carrier:
     """
 
     __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
-                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup", "_transfer")
+                 "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup", "_transfer",
+                 "answers_calls")
 
     def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
         self.name = name
@@ -115,6 +116,8 @@ class Carrier:
         self._webhook = hook.telewire_parse_webhook
         self._hangup = hook.telewire_hangup
         self._transfer = hook.telewire_transfer_request
+        #: the carrier implements the answer webhook (so its calls can carry a call token)
+        self.answers_calls = bool(hook.telewire_answer_document.get_hookimpls())
         caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
         if not isinstance(caps, Capabilities):
             raise PluginError(

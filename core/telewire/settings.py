@@ -91,6 +91,29 @@ class ServerSettings(BaseSettings):
         loop: ``auto`` uses uvloop when installed.
         log_level / log_json: logging (the CLI installs the sink; library code never does).
         answer_parameters: custom parameters put in every answer document's stream.
+        operator_token: the bearer token of the operator API (``/api/…``); unset turns the
+            operator API off (404).
+        admin_host / admin_port: when ``admin_port`` is set, the operator API is served only on
+            this second listener (keep it off the public network), not on the carrier port.
+        carriers: comma-separated carriers to serve (``twilio,bandwidth``); the others' routes
+            answer 404. Empty serves every installed carrier.
+        call_token_secret: the key that signs the one-time call token put in answer documents;
+            a random key per process when unset (set one shared key when several processes
+            answer and serve calls).
+        call_token_ttl_s: how long a call token stays valid after the answer webhook.
+        call_tokens: when a start event must present its call token: ``auto`` when the media
+            socket's own signature was checked (Twilio with an Auth Token), ``required`` for
+            every call (use it for Bandwidth, whose media socket carries no signature), ``off``.
+        start_timeout_s: a media socket that has not sent its start event by then is closed.
+        media_timeout_s: a started call that receives nothing for this long is ended (``0``:
+            never).
+        max_call_s: a call is hung up after this long (``0``: no limit).
+        heartbeat_s: WebSocket ping interval on media sockets; a peer that does not answer
+            within the next interval is disconnected (``0``: off).
+        max_pending_per_ip: media sockets from one address that have not started a call yet.
+        max_connections_per_ip: media sockets from one address at once (``0``: ``max_calls``).
+        header_timeout_s: an HTTP connection that has not sent a whole request head by then is
+            closed (slow-header clients).
         nodes: node-config overrides, ``{node: {key: value}}``.
     """
 
@@ -111,7 +134,39 @@ class ServerSettings(BaseSettings):
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     answer_parameters: dict[str, str] = Field(default_factory=dict)
+    operator_token: SecretStr | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
+    carriers: str = ""
+    call_token_secret: SecretStr | None = None
+    call_token_ttl_s: float = Field(default=120.0, gt=0)
+    call_tokens: Literal["auto", "required", "off"] = "auto"
+    start_timeout_s: float = Field(default=5.0, gt=0)
+    media_timeout_s: float = Field(default=30.0, ge=0)
+    max_call_s: float = Field(default=4 * 3600.0, ge=0)
+    heartbeat_s: float = Field(default=20.0, ge=0)
+    max_pending_per_ip: int = Field(default=32, gt=0)
+    max_connections_per_ip: int = Field(default=0, ge=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
     nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("operator_token", "call_token_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("carriers")
+    @classmethod
+    def _carrier_list(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        for name in names:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"carrier name {name!r} is not a plugin name")
+        return ",".join(names)
+
+    def carrier_names(self) -> tuple[str, ...]:
+        """The carriers this process serves (``()``: all installed)."""
+        return tuple(self.carriers.split(",")) if self.carriers else ()
 
 
 def load_settings(**overrides: Any) -> ServerSettings:

@@ -5,6 +5,7 @@ Depends on ``telewire.nodes.base``, ``telewire.frames`` and ``telewire.errors``.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
@@ -38,12 +39,24 @@ class CarrierInConfig(NodeConfig):
         envelope_spec: how inbound messages look, for carriers configured by envelope specs
             (``sip_bridge``): a preset name, a TOML file path, or an inline table. Compiled once
             when the graph loads.
+        max_messages_per_s / message_burst: a token bucket on every inbound message of this
+            connection, checked before it is parsed (media arrives near 50 a second, marks echo
+            about one a second); messages over it are dropped and counted.
+        max_dtmf_per_s / dtmf_burst: the same for DTMF digits (people press a few a second).
+        log_errors: how many malformed-message errors are logged one by one; after that, one
+            line every ``log_every_s`` seconds says how many more there were.
     """
 
     interrupt_dtmf_digit: str = "*"
     envelope_spec: str | dict[str, Any] | None = None
     max_message_bytes: int | None = Field(default=None, gt=0)
     max_errors: int = Field(default=500, ge=0)
+    max_messages_per_s: float = Field(default=100.0, gt=0)
+    message_burst: int = Field(default=500, gt=0)
+    max_dtmf_per_s: float = Field(default=5.0, gt=0)
+    dtmf_burst: int = Field(default=10, gt=0)
+    log_errors: int = Field(default=20, ge=0)
+    log_every_s: float = Field(default=10.0, gt=0)
 
     @field_validator("interrupt_dtmf_digit")
     @classmethod
@@ -58,6 +71,8 @@ class CarrierIn(Node):
 
     Malformed messages are logged with the carrier's precise error and dropped; the call goes on
     unless the error is fatal (then the call ends with reason ``carrier_protocol_error``).
+    Messages and DTMF digits beyond their token buckets are dropped before they cost a parse;
+    both floods and malformed input are logged a bounded number of times per call.
     """
 
     inputs: ClassVar = {}
@@ -77,12 +92,30 @@ class CarrierIn(Node):
         self.messages = 0
         self.audio_frames = 0
         self.error_count = 0
+        self.dropped_messages = 0
+        self.dropped_dtmf = 0
         self._parse = call.carrier.parse_inbound
         self._ctx = call.context
+        now = time.monotonic()
+        self._rate, self._burst = config.max_messages_per_s, float(config.message_burst)
+        self._tokens, self._filled = self._burst, now
+        self._dtmf_tokens, self._dtmf_filled = float(config.dtmf_burst), now
+        self._quiet_until = 0.0
+        self._suppressed = 0
 
     async def feed(self, message: str | bytes) -> None:
         """Handle one message received on the carrier socket."""
         self.messages += 1
+        now = time.monotonic()
+        tokens = self._tokens + (now - self._filled) * self._rate
+        self._filled = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            self.dropped_messages += 1
+            self._log_limited(now, "inbound messages over {:g} a second (burst {:g}); {} dropped "
+                              "so far", self._rate, self._burst, self.dropped_messages)
+            return
+        self._tokens = (tokens if tokens < self._burst else self._burst) - 1.0
         if len(message) > self.max_bytes:
             await self._error(
                 f"{self.call.carrier.name}: message of {len(message)} bytes exceeds the limit "
@@ -105,6 +138,8 @@ class CarrierIn(Node):
         if isinstance(frame, StartFrame):
             await self.call.start(frame)
         elif isinstance(frame, DTMFFrame):
+            if not self._take_dtmf():
+                return
             digit = self.config.interrupt_dtmf_digit
             if digit and frame.digit == digit:
                 await self.emit("interrupt", InterruptFrame(source="dtmf", reason=f"digit {digit}"))
@@ -118,10 +153,40 @@ class CarrierIn(Node):
             self.audio_frames += 1
             await self.emit("audio", frame)
 
+    def _take_dtmf(self) -> bool:
+        """One DTMF digit from its bucket; ``False`` (dropped, counted) when it is empty."""
+        cfg = self.config
+        now = time.monotonic()
+        tokens = min(float(cfg.dtmf_burst),
+                     self._dtmf_tokens + (now - self._dtmf_filled) * cfg.max_dtmf_per_s)
+        self._dtmf_filled = now
+        if tokens < 1.0:
+            self._dtmf_tokens = tokens
+            self.dropped_dtmf += 1
+            self._log_limited(now, "DTMF digits over {:g} a second; {} dropped so far",
+                              cfg.max_dtmf_per_s, self.dropped_dtmf)
+            return False
+        self._dtmf_tokens = tokens - 1.0
+        return True
+
+    def _log_limited(self, now: float, fmt: str, *args: Any) -> None:
+        """A warning about this call's input, at most one per ``log_every_s``."""
+        if now < self._quiet_until:
+            self._suppressed += 1
+            return
+        self._quiet_until = now + self.config.log_every_s
+        more = f" (+{self._suppressed} similar lines suppressed)" if self._suppressed else ""
+        self._suppressed = 0
+        self.call.log.warning(fmt + "{}", *args, more)
+
     async def _error(self, message: str, *, fatal: bool, field: str | None = None,
                      event: str | None = None) -> None:
         self.error_count += 1
-        self.call.log.error("{}", message)
+        if fatal or self.error_count <= self.config.log_errors:
+            self.call.log.error("{}", message)
+        else:
+            self._log_limited(time.monotonic(), "{} malformed messages so far; latest: {}",
+                              self.error_count, message)
         frame = ErrorFrame(source=self.name, message=message, fatal=fatal,
                            details={"field": field, "event": event})
         self.call.report(frame)

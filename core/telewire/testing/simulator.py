@@ -5,7 +5,9 @@ Depends on ``websockets`` and ``telewire.frames``/``telewire.wav``; used by ``te
 bidirectional Media Stream: ``connected`` and ``start``, 20 ms ``media`` frames on a steady
 clock, DTMF on request, ``stop`` at the end; it plays returned audio on a simulated playout clock,
 echoes each mark when the audio before it has played, and on ``clear`` drops what is queued and
-echoes every pending mark at once (as Twilio documents).
+echoes every pending mark at once (as Twilio documents). Given an answer-webhook URL it first
+fetches the call's TwiML there, as Twilio does, and connects to the ``<Stream>`` it names with its
+``<Parameter>``s (so the call carries the server's one-time call token).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hmac
 import json
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -106,6 +109,9 @@ class CallSimulator:
         expect_echo: stop draining as soon as every sent frame came back.
         dtmf: ``(at_ms, digit)`` pairs sent at those media times.
         hang_up: send ``stop`` at the end (else just close the socket).
+        answer_url: the server's answer webhook (``http://…/answer/twilio``): POST the call
+            there first (signed when ``auth_token`` is given), then connect to the TwiML's
+            ``<Stream url>`` with its ``<Parameter>``s; ``url`` is then only a fallback.
     """
 
     def __init__(self, url: str, *, custom_parameters: Mapping[str, str] | None = None,
@@ -113,8 +119,10 @@ class CallSimulator:
                  pace: float = 1.0, frame_ms: int = FRAME_MS, playout_rate: float = 1.0,
                  playout_delay_ms: float = 0.0, drain_s: float = 2.0, expect_echo: bool = False,
                  dtmf: Sequence[tuple[float, str]] = (), hang_up: bool = True,
-                 stream_sid: str | None = None, call_sid: str | None = None) -> None:
+                 stream_sid: str | None = None, call_sid: str | None = None,
+                 answer_url: str | None = None) -> None:
         self.url = url
+        self.answer_url = answer_url
         self.custom_parameters = dict(custom_parameters or {})
         self.auth_token = auth_token
         self.signature_url = signature_url or url
@@ -147,8 +155,41 @@ class CallSimulator:
                                       "channels": 1}},
         })
 
+    async def answer(self) -> str:
+        """POST the answer webhook as Twilio does and take the stream URL and parameters from
+        the TwiML it returns; returns the TwiML.
+
+        Raises:
+            RuntimeError: the webhook did not answer 200 with a ``<Connect><Stream>``.
+        """
+        import aiohttp
+
+        assert self.answer_url is not None
+        form = {"CallSid": self.call_sid, "AccountSid": self.account_sid,
+                "From": "+15005550006", "To": "+15005550001", "Direction": "inbound",
+                "CallStatus": "ringing", "ApiVersion": "2010-04-01"}
+        headers = {}
+        if self.auth_token:
+            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, self.answer_url,
+                                                             form)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(self.answer_url, data=form, headers=headers) as resp:
+                body = await resp.text()
+                if resp.status != 200:
+                    raise RuntimeError(f"answer webhook {self.answer_url} answered HTTP "
+                                       f"{resp.status}: {body[:200]}")
+        stream = ET.fromstring(body).find("./Connect/Stream")
+        if stream is None or not stream.get("url"):
+            raise RuntimeError(f"answer webhook returned no <Connect><Stream url>: {body[:200]}")
+        self.url = self.signature_url = stream.get("url", "")
+        for param in stream.findall("Parameter"):
+            self.custom_parameters[param.get("name", "")] = param.get("value", "")
+        return body
+
     async def run(self, audio: bytes) -> CallResult:
         """Play ``audio`` (mu-law 8 kHz) into the server and collect what comes back."""
+        if self.answer_url is not None:
+            await self.answer()
         result = CallResult(self.stream_sid, self.call_sid)
         headers = {}
         if self.auth_token:

@@ -72,6 +72,8 @@ async def test_echo_is_byte_identical_and_in_order(server: ServerFactory) -> Non
     call = await answered_call(srv)
     assert call.media_url == f"ws://127.0.0.1:{srv.port}/media/bandwidth"
     assert call.events_url == f"http://127.0.0.1:{srv.port}/events/bandwidth"
+    token = call.stream_params.pop("telewire_call_token")  # the server's one-time call token
+    assert token.startswith("v1.")
     assert call.stream_params == {"tenant": "acme"}
     async with call:
         assert await call.send_audio(AUDIO) == 40
