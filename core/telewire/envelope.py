@@ -48,12 +48,18 @@ from telewire.frames import (
 from telewire.g711 import ulaw_decode, ulaw_encode
 
 __all__ = [
+    "MAX_ID_LENGTH",
     "BinaryMedia",
     "CompiledEnvelope",
     "EnvelopeSpec",
+    "IdRules",
+    "ParameterLimits",
     "ResponseEnvelopeSpec",
+    "check_id",
     "compile_envelope",
+    "id_problem",
     "load_envelope_file",
+    "shown",
 ]
 
 EventKind = Literal["start", "media", "dtmf", "mark", "stop", "ignore"]
@@ -76,6 +82,69 @@ def _is_base64(text: str) -> bool:
 
 
 _MISSING = object()
+
+#: The longest id accepted by default (``IdRules.max_length`` may allow up to 256).
+MAX_ID_LENGTH = 128
+#: A character no carrier id may hold: anything but letters, digits and ``. _ : @ -``. (``@``
+#: because a SIP Call-ID is ``word@host``, and bridges pass it as the call id.)
+_UNSAFE_ID_CHAR = re.compile(r"[^A-Za-z0-9._:@\-]")
+#: Characters that could forge or break a log line: C0 and C1 controls, DEL, the Unicode line
+#: and paragraph separators.
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(value: Any, limit: int = 64) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: how a value from the wire appears in an
+    error message or a log line (control characters escaped, length bounded)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def id_problem(value: Any, *, max_length: int = MAX_ID_LENGTH,
+               pattern: re.Pattern[str] | None = None) -> str | None:
+    """Why ``value`` cannot be a carrier id, or ``None`` when it is safe to use as a store key,
+    a REST path segment and in a log line.
+
+    Safe means: a string of 1 to ``max_length`` characters, each a letter, a digit or one of
+    ``. _ : @ -``, and not ``.`` or ``..``; and, when ``pattern`` is given, matching it whole
+    (the carrier's documented shape, such as Twilio's ``CA`` + 32 hex digits).
+    """
+    if type(value) is not str:
+        return f"must be a string, not {type(value).__name__}"
+    if not value:
+        return "is empty"
+    if len(value) > max_length:
+        return f"is {len(value)} characters long; an id may have at most {max_length}"
+    bad = _UNSAFE_ID_CHAR.search(value)
+    if bad is not None:
+        return (f"holds {bad.group()!r}, which an id may not (only letters, digits and "
+                ". _ : @ - are accepted)")
+    if value == "." or value == "..":
+        return "is a path step, not an id"
+    if pattern is not None and not pattern.fullmatch(value):
+        return f"is not shaped as this carrier's ids are ({pattern.pattern})"
+    return None
+
+
+def check_id(value: Any, *, carrier: str, field: str, what: str = "id",
+             event: str | None = None, max_length: int = MAX_ID_LENGTH,
+             pattern: re.Pattern[str] | None = None, fatal: bool = True) -> str:
+    """``value`` when :func:`id_problem` finds nothing wrong with it; the check a carrier runs
+    where an id enters (a start event, a webhook body).
+
+    Raises:
+        CarrierProtocolError: naming the carrier, the field, what the id is and why it is
+            refused, with the value shown by :func:`shown`. Fatal unless ``fatal=False``.
+    """
+    problem = id_problem(value, max_length=max_length, pattern=pattern)
+    if problem is None:
+        return value
+    where = f" in {event!r} event" if event else ""
+    raise CarrierProtocolError(
+        f"{carrier}: field {field!r} ({what}) {problem}: {shown(value)}{where}",
+        carrier=carrier, event=event, field=field, fatal=fatal)
 
 
 def _check_path(value: str | None) -> str | None:
@@ -140,6 +209,52 @@ class StopFields(_Strict):
     _paths = field_validator("*")(classmethod(lambda cls, v: _check_path(v)))
 
 
+class IdRules(_Strict):
+    """``[envelope_spec.ids]``: what the start event's ids must look like.
+
+    Every id that arrives (stream id, call id, account id) is refused unless it is 1 to
+    ``max_length`` characters of letters, digits and ``. _ : @ -``, and not ``.`` or ``..``; so
+    no ``/``, ``?``, space or control character reaches a store key, a REST path or a log line.
+    A pattern narrows one id further to the carrier's documented shape and makes it required.
+
+    Attributes:
+        stream_id / call_id / account_id: a regular expression (Python syntax) the whole id
+            must match, such as ``"CA[0-9a-fA-F]{32}"``; unset: the safe charset alone.
+        max_length: the longest id accepted (at most 256).
+    """
+
+    stream_id: str | None = None
+    call_id: str | None = None
+    account_id: str | None = None
+    max_length: int = Field(default=MAX_ID_LENGTH, ge=1, le=256)
+
+    @field_validator("stream_id", "call_id", "account_id")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"{v!r} is not a regular expression: {exc}") from None
+        return v
+
+
+class ParameterLimits(_Strict):
+    """``[envelope_spec.parameter_limits]``: bounds on the start event's custom parameters.
+
+    A start whose custom parameters exceed them, or whose names or values hold a control
+    character, is refused (and the call ends).
+
+    Attributes:
+        max_count: how many parameters a start may carry.
+        max_name_length / max_value_length: the longest name and value (in characters).
+    """
+
+    max_count: int = Field(default=32, ge=0, le=1024)
+    max_name_length: int = Field(default=256, ge=1, le=65536)
+    max_value_length: int = Field(default=2048, ge=1, le=1_048_576)
+
+
 class BinaryMedia(_Strict):
     """Binary WebSocket messages are raw audio: what they carry when the start event says nothing.
 
@@ -184,6 +299,8 @@ class EnvelopeSpec(_Strict):
             binary bridges ``binary_media`` gives them instead).
         subprotocol: the WebSocket subprotocol the bridge requests (``"audio.jambonz.org"``), for
             the server to accept.
+        ids: what the start event's ids must look like (see :class:`IdRules`).
+        parameter_limits: bounds on its custom parameters (see :class:`ParameterLimits`).
     """
 
     format: Literal["json"] = "json"
@@ -203,6 +320,8 @@ class EnvelopeSpec(_Strict):
     default_encoding: Codec = "pcmu"
     default_sample_rate: int = Field(default=8000, gt=0)
     subprotocol: str | None = None
+    ids: IdRules = Field(default_factory=IdRules)
+    parameter_limits: ParameterLimits = Field(default_factory=ParameterLimits)
 
     @field_validator("event")
     @classmethod
@@ -236,6 +355,10 @@ class EnvelopeSpec(_Strict):
             raise ValueError("events maps a wire event to 'dtmf' but there is no [dtmf] table")
         if "mark" in kinds and self.mark is None:
             raise ValueError("events maps a wire event to 'mark' but there is no [mark] table")
+        for name in ("call_id", "account_id"):
+            if getattr(self.ids, name) is not None and getattr(self.start, name) is None:
+                raise ValueError(f"ids.{name} gives a pattern, but [start] has no {name} path "
+                                 "for the start event's id to be read from")
         if self.default_event is not None and self.default_event not in self.events:
             raise ValueError(f"default_event {self.default_event!r} is not a key of events "
                              f"({', '.join(sorted(self.events))})")
@@ -466,6 +589,15 @@ class CompiledEnvelope:
         self._events = dict(spec.events)
         self._binary = spec.binary_media
         self._start = {k: _accessor(v) for k, v in spec.start.model_dump().items() if v}
+        self._id_max = spec.ids.max_length
+        #: (name, what it is, path, pattern or None) of each id the start event may carry
+        self._ids = tuple(
+            (name, what, ".".join(self._start[name]),
+             re.compile(getattr(spec.ids, name)) if getattr(spec.ids, name) else None)
+            for name, what in (("stream_id", "stream id"), ("call_id", "call id"),
+                               ("account_id", "account id"))
+            if name in self._start)
+        self._limits = spec.parameter_limits
         self._expect = tuple((_accessor(p), p, v) for p, v in spec.start_expect.items())
         m = spec.media
         self._payload = _accessor(m.payload) if m else ()
@@ -546,7 +678,8 @@ class CompiledEnvelope:
             return [self._parse_media(call, doc, event)]
         if kind is None:
             known = ", ".join(sorted(self._events))
-            raise self._error(call, f"unknown event {event!r} (field {path!r}); known: {known}",
+            raise self._error(call, f"unknown event {shown(event)} (field {path!r}); known: "
+                              f"{known}",
                               field=path)
         if kind == "ignore":
             return []
@@ -563,15 +696,16 @@ class CompiledEnvelope:
                     dur = self._int(call, raw, event, ".".join(self._duration))
             try:
                 return [DTMFFrame(digit=str(digit), duration_ms=dur)]
-            except ValueError as exc:
+            except ValueError:
                 path = ".".join(self._digit)  # type: ignore[arg-type]
-                raise self._error(call, f"{exc} (field {path!r})", event=event,
+                raise self._error(call, f"DTMF digit must be one of 0-9 * # A-D, not "
+                                  f"{shown(digit)} (field {path!r})", event=event,
                                   field=path) from None
         if kind == "mark":
             name = self._need(call, doc, self._mark, event, "name")
             if not isinstance(name, str) or not name:
                 path = ".".join(self._mark)  # type: ignore[arg-type]
-                raise self._error(call, f"mark name must be a non-empty string, not {name!r} "
+                raise self._error(call, f"mark name must be a non-empty string, not {shown(name)} "
                                   f"(field {path!r})", event=event, field=path)
             return [MarkFrame(name=name)]
         # stop
@@ -630,7 +764,7 @@ class CompiledEnvelope:
         try:
             return _as_int(raw)
         except ValueError:
-            raise self._error(call, f"field {path!r} must be a whole number, not {raw!r}",
+            raise self._error(call, f"field {path!r} must be a whole number, not {shown(raw)}",
                               event=event, field=path, fatal=fatal) from None
 
     def _parse_media(self, call: CallContext, doc: dict, event: str) -> AudioFrame:
@@ -650,7 +784,7 @@ class CompiledEnvelope:
                               event=event, field=self._payload_path)
         if sid is not _MISSING and sid != call.stream_id:
             path = ".".join(self._media_sid)  # type: ignore[arg-type]
-            raise self._error(call, f"stream id {sid!r} does not match this call's "
+            raise self._error(call, f"stream id {shown(sid)} does not match this call's "
                               f"{call.stream_id!r} (field {path!r})", event=event, field=path)
         ts = seq = None
         if type(raw_ts) is str and raw_ts.isdigit():  # how Twilio sends counters
@@ -679,26 +813,24 @@ class CompiledEnvelope:
         if not isinstance(sid, str) or not sid:
             path = ".".join(self._start["stream_id"])
             problem = (f"missing or empty field {path!r}" if sid is None or sid == ""
-                       else f"field {path!r} must be a non-empty string, not {sid!r}")
+                       else f"field {path!r} must be a non-empty string, not {shown(sid)}")
             raise self._error(call, f"{problem} (stream id)", event=event, field=path,
                               fatal=not call.started)
         if call.started:
-            raise self._error(call, f"second start event (stream {sid!r}) ignored; this call is "
-                              f"{call.stream_id!r}", event=event, fatal=sid != call.stream_id)
-        for name in ("call_id", "account_id"):
-            if name in values and not isinstance(values[name], str):
-                path = ".".join(self._start[name])
-                raise self._error(call, f"field {path!r} must be a string, not {values[name]!r}",
-                                  event=event, field=path, fatal=True)
+            raise self._error(call, f"second start event (stream {shown(sid)}) ignored; this "
+                              f"call is {call.stream_id!r}", event=event,
+                              fatal=sid != call.stream_id)
+        self._check_ids(call, values, event)
         params = values.get("custom_parameters", {})
         if not isinstance(params, dict):
             path = ".".join(self._start["custom_parameters"])
-            raise self._error(call, f"field {path!r} must be an object, not {params!r}",
+            raise self._error(call, f"field {path!r} must be an object, not {shown(params)}",
                               event=event, field=path, fatal=True)
+        custom = self._custom_parameters(call, params, event) if params else {}
         for keys, path, expected in self._expect:
             v = _get(doc, keys)
             if v is not _MISSING and v != expected:
-                raise self._error(call, f"field {path!r} is {v!r}; this envelope spec needs "
+                raise self._error(call, f"field {path!r} is {shown(v)}; this envelope spec needs "
                                   f"{expected!r} (start_expect)", event=event, field=path,
                                   fatal=True)
         codec, rate = self.spec.wire_default()
@@ -707,8 +839,8 @@ class CompiledEnvelope:
             found = self.spec.encodings.get(enc) if isinstance(enc, str) else None
             if found is None:
                 path = ".".join(self._start["encoding"])
-                raise self._error(call, f"unsupported encoding {enc!r} in {path!r}; supported: "
-                                  f"{sorted(self.spec.encodings)}", event=event, field=path,
+                raise self._error(call, f"unsupported encoding {shown(enc)} in {path!r}; "
+                                  f"supported: {sorted(self.spec.encodings)}", event=event, field=path,
                                   fatal=True)
             codec = found
         if "sample_rate" in values:
@@ -748,13 +880,57 @@ class CompiledEnvelope:
             stream_id=sid,
             call_id=values.get("call_id", ""),
             account_id=values.get("account_id", ""),
-            custom_parameters={str(k): str(v) for k, v in params.items()},
+            custom_parameters=custom,
             media_format=fmt,
             tracks=tracks,
         )
         call.apply_start(frame)
         call.state[_WIRE] = codec
         return frame
+
+    def _check_ids(self, call: CallContext, values: dict[str, Any], event: str) -> None:
+        """Every id of the start event is safe (and of the carrier's shape where the spec pins
+        one), or the start is refused, fatally, naming the field and showing the value."""
+        carrier = call.carrier or self.carrier
+        for name, what, path, pattern in self._ids:
+            value = values.get(name)
+            if value is None:
+                if pattern is None:
+                    continue
+                raise self._error(call, f"missing field {path!r} ({what}); this carrier always "
+                                  "sends it", event=event, field=path, fatal=True)
+            check_id(value, carrier=carrier, field=path, what=what, event=event,
+                     max_length=self._id_max, pattern=pattern)
+
+    def _custom_parameters(self, call: CallContext, params: dict, event: str) -> dict[str, str]:
+        """The start event's custom parameters as strings, within the spec's limits and free of
+        control characters; otherwise the start is refused, fatally, naming the parameter."""
+        limits = self._limits
+        path = ".".join(self._start["custom_parameters"])
+        if len(params) > limits.max_count:
+            raise self._error(call, f"field {path!r} has {len(params)} custom parameters; at "
+                              f"most {limits.max_count} are accepted", event=event, field=path,
+                              fatal=True)
+        out: dict[str, str] = {}
+        for k, v in params.items():
+            name, value = str(k), v if type(v) is str else str(v)
+            if not name or len(name) > limits.max_name_length:
+                raise self._error(call, f"custom parameter name {shown(name)} in {path!r} must "
+                                  f"have 1 to {limits.max_name_length} characters",
+                                  event=event, field=path, fatal=True)
+            if _CONTROL_CHAR.search(name):
+                raise self._error(call, f"custom parameter name {shown(name)} in {path!r} holds "
+                                  "a control character", event=event, field=path, fatal=True)
+            where = f"{path}.{name}"
+            if len(value) > limits.max_value_length:
+                raise self._error(call, f"custom parameter {where!r} is {len(value)} characters "
+                                  f"long; at most {limits.max_value_length} are accepted",
+                                  event=event, field=where, fatal=True)
+            if _CONTROL_CHAR.search(value):
+                raise self._error(call, f"custom parameter {where!r} holds a control character: "
+                                  f"{shown(value)}", event=event, field=where, fatal=True)
+            out[name] = value
+        return out
 
     # ----------------------------------------------------------------------------- outbound
 
@@ -856,8 +1032,17 @@ def compile_envelope(
     return CompiledEnvelope(carrier, s, r)
 
 
-def load_envelope_file(carrier: str, path: str | Path) -> CompiledEnvelope:
-    """Load a TOML file with ``[envelope_spec]`` and ``[response_envelope_spec]`` tables."""
+def load_envelope_file(carrier: str, path: str | Path, *,
+                       ids: Mapping[str, Any] | None = None) -> CompiledEnvelope:
+    """Load a TOML file with ``[envelope_spec]`` and ``[response_envelope_spec]`` tables.
+
+    Args:
+        carrier: the label the spec is compiled under.
+        path: the TOML file.
+        ids: replaces the file's ``[envelope_spec.ids]`` (see :class:`IdRules`): a carrier pins
+            its own ids' documented shape this way while the file stays a preset that a
+            compatible bridge with other ids can use.
+    """
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -868,6 +1053,6 @@ def load_envelope_file(carrier: str, path: str | Path) -> CompiledEnvelope:
     for table in ("envelope_spec", "response_envelope_spec"):
         if not isinstance(data.get(table), dict):
             raise ConfigError(f"{p}: missing table [{table}]")
-    return compile_envelope(carrier, data["envelope_spec"], data["response_envelope_spec"],
-                            source=str(p))
+    spec = data["envelope_spec"] if ids is None else {**data["envelope_spec"], "ids": dict(ids)}
+    return compile_envelope(carrier, spec, data["response_envelope_spec"], source=str(p))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -51,6 +52,9 @@ __all__ = [
     "CarrierFixtures",
     "ClearTests",
     "DTMFTests",
+    "HOSTILE_IDS",
+    "HOSTILE_PARAMETERS",
+    "IdentityTests",
     "InboundParsingTests",
     "IsolationTests",
     "MalformedInputTests",
@@ -70,6 +74,36 @@ TRICKY_PARAMETERS: Mapping[str, str] = {
     "tenant": "acme",
     "unicode": "Zürich ☎ 東京",
 }
+#: Ids no carrier may accept: once used as a store key, a REST path segment or in a log line,
+#: each would be a path step, a query, an escape or a forged line.
+HOSTILE_IDS: Mapping[str, str] = {
+    "slash": "CA/../../etc/passwd",
+    "query": "CA1?Status=completed",
+    "dot-dot": "..",
+    "dot": ".",
+    "space": "CA 1",
+    "newline": "CA1\n2024-01-01 00:00:00 | INFO | forged line",
+    "carriage-return": "CA1\rx",
+    "nul": "CA1\x00",
+    "percent": "CA%2F..%2F",
+    "backslash": "CA\\..\\x",
+    "hash": "CA1#frag",
+    "non-ascii": "CA1\u0430",
+    "line-separator": "CA1\u2028x",
+    "too-long": "C" * 300,
+}
+#: Custom parameters no carrier may accept: control characters in a name or a value, absurd
+#: sizes and counts.
+HOSTILE_PARAMETERS: Mapping[str, Mapping[str, str]] = {
+    "newline-in-value": {"note": "a\nforged line"},
+    "nul-in-value": {"note": "a\x00b"},
+    "escape-in-value": {"note": "\x1b[2J"},
+    "control-in-name": {"no\rte": "x"},
+    "huge-value": {"note": "x" * 100_000},
+    "huge-name": {"n" * 10_000: "x"},
+    "too-many": {f"p{i}": "x" for i in range(2000)},
+}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: Case ids :meth:`CarrierFixtures.malformed_messages` must supply, and what each means. A
 #: carrier whose media is binary frames (no fields to leave out) supplies the nearest control
 #: message cases instead: a required field missing, a field of the wrong type.
@@ -116,7 +150,23 @@ def _missing(obj: object, method: str, what: str) -> NotImplementedError:
 
 class CarrierFixtures:
     """What a carrier author supplies to the kit. Every method raises ``NotImplementedError``
-    until implemented; messages are built exactly as the carrier sends or expects them."""
+    until implemented; messages are built exactly as the carrier sends or expects them.
+
+    The ids the kit gives its calls are attributes: the defaults suit a carrier that takes any
+    id of the safe charset (letters, digits, ``. _ : @ -``); a carrier whose ids have a
+    documented shape (Twilio's ``MZ``/``CA`` + 32 hex digits) sets real-shaped ones and
+    overrides :meth:`call_id_for`, so that the kit never feeds it an id it must refuse.
+    """
+
+    #: The stream id of the kit's first call, and of a second one beside it.
+    stream_a: str = STREAM_A
+    stream_b: str = STREAM_B
+    #: The call id of the kit's first call where a test names it.
+    call_1: str = "call-1"
+
+    def call_id_for(self, stream_id: str) -> str:
+        """The call id of the kit's call on ``stream_id`` (default ``call-of-<stream_id>``)."""
+        return f"call-of-{stream_id}"
 
     def carrier_name(self) -> str:
         """The carrier's entry-point name in group ``telewire.carriers`` (``"twilio"``)."""
@@ -222,12 +272,14 @@ class _KitBase(CarrierFixtures):
         """The capabilities the carrier declared."""
         return carrier.capabilities
 
-    def started_call(self, carrier: Carrier, stream_id: str = STREAM_A,
+    def started_call(self, carrier: Carrier, stream_id: str | None = None,
                      custom_parameters: Mapping[str, str] | None = None) -> CallContext:
-        """A new call context that has parsed a start message for ``stream_id``."""
+        """A new call context that has parsed a start message for ``stream_id`` (default
+        :attr:`stream_a`)."""
         call = carrier.new_call()
+        stream_id = stream_id or self.stream_a
         frames = carrier.parse_inbound(call, self.start_message(
-            stream_id=stream_id, call_id=f"call-of-{stream_id}",
+            stream_id=stream_id, call_id=self.call_id_for(stream_id),
             custom_parameters=custom_parameters or {}))
         starts = [f for f in frames if isinstance(f, StartFrame)]
         assert len(starts) == 1, f"start message gave {frames!r}, not one StartFrame"
@@ -286,12 +338,13 @@ class _KitBase(CarrierFixtures):
         or whose fixture skips (a protocol with no stop message), is left out."""
         makers = {
             "start": (True, lambda: self.start_message(
-                stream_id=STREAM_A, call_id="call-1", custom_parameters={"tenant": "acme"})),
+                stream_id=self.stream_a, call_id=self.call_1,
+                custom_parameters={"tenant": "acme"})),
             "media": (True, lambda: self.media_message(
-                _PAYLOADS["random-20ms"], stream_id=STREAM_A, sequence=3)),
-            "stop": (True, lambda: self.stop_message(stream_id=STREAM_A)),
-            "dtmf": (caps.dtmf, lambda: self.dtmf_message("5", stream_id=STREAM_A)),
-            "mark": (caps.marks, lambda: self.mark_message("m-1", stream_id=STREAM_A)),
+                _PAYLOADS["random-20ms"], stream_id=self.stream_a, sequence=3)),
+            "stop": (True, lambda: self.stop_message(stream_id=self.stream_a)),
+            "dtmf": (caps.dtmf, lambda: self.dtmf_message("5", stream_id=self.stream_a)),
+            "mark": (caps.marks, lambda: self.mark_message("m-1", stream_id=self.stream_a)),
         }
         out: dict[str, tuple[Message, bool]] = {}
         for kind, (declared, make) in makers.items():
@@ -345,28 +398,28 @@ class InboundParsingTests(_KitBase):
 
     def test_start(self, carrier: Carrier, caps: Capabilities) -> None:
         call = carrier.new_call()
-        msg = self.start_message(stream_id=STREAM_A, call_id="call-1",
+        msg = self.start_message(stream_id=self.stream_a, call_id=self.call_1,
                                  custom_parameters=TRICKY_PARAMETERS)
         start = self.parse_one(carrier, call, msg, StartFrame)
         assert isinstance(start, StartFrame)
         assert start.carrier == carrier.name
-        assert (start.stream_id, start.call_id) == (STREAM_A, "call-1")
+        assert (start.stream_id, start.call_id) == (self.stream_a, self.call_1)
         assert dict(start.custom_parameters) == dict(TRICKY_PARAMETERS)
         assert start.media_format == caps.media_format
-        assert call.started and call.stream_id == STREAM_A and call.call_id == "call-1"
+        assert call.started and call.stream_id == self.stream_a and call.call_id == self.call_1
         assert dict(call.custom_parameters) == dict(TRICKY_PARAMETERS)
 
     def test_start_without_custom_parameters(self, carrier: Carrier) -> None:
         call = carrier.new_call()
         start = self.parse_one(carrier, call, self.start_message(
-            stream_id=STREAM_A, call_id="call-1", custom_parameters={}), StartFrame)
+            stream_id=self.stream_a, call_id=self.call_1, custom_parameters={}), StartFrame)
         assert isinstance(start, StartFrame) and dict(start.custom_parameters) == {}
 
     def test_media(self, carrier: Carrier, caps: Capabilities) -> None:
         call = self.started_call(carrier)
         audio = bytes(range(160))
         frame = self.parse_one(carrier, call, self.media_message(
-            audio, stream_id=STREAM_A, sequence=7), AudioFrame)
+            audio, stream_id=self.stream_a, sequence=7), AudioFrame)
         assert isinstance(frame, AudioFrame)
         assert frame.data == audio
         assert (frame.codec, frame.sample_rate) == (caps.media_format.codec,
@@ -376,7 +429,7 @@ class InboundParsingTests(_KitBase):
 
     def test_stop(self, carrier: Carrier) -> None:
         call = self.started_call(carrier)
-        self.parse_one(carrier, call, self.stop_message(stream_id=STREAM_A), EndFrame)
+        self.parse_one(carrier, call, self.stop_message(stream_id=self.stream_a), EndFrame)
         assert call.stopped
 
     def test_recorded_session(self, carrier: Carrier) -> None:
@@ -461,7 +514,7 @@ class OutboundTests(_KitBase):
         sid = self.outbound_stream_id(out)
         if sid is None:
             pytest.skip(f"carrier {carrier.name!r}: outbound messages carry no stream id")
-        assert sid == STREAM_A
+        assert sid == self.stream_a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +541,7 @@ class MediaRoundTripTests(_KitBase):
     def test_round_trip(self, carrier: Carrier, audio: bytes) -> None:
         call = self.started_call(carrier)
         frame = self.parse_one(carrier, call, self.media_message(
-            audio, stream_id=STREAM_A, sequence=1), AudioFrame)
+            audio, stream_id=self.stream_a, sequence=1), AudioFrame)
         assert isinstance(frame, AudioFrame)
         assert frame.data == audio, "inbound audio bytes changed"
         agent = AudioFrame(payload=frame.payload, codec=frame.codec,
@@ -501,7 +554,7 @@ class MediaRoundTripTests(_KitBase):
     def test_inbound_payload_kept_in_wire_form(self, carrier: Carrier) -> None:
         call = self.started_call(carrier)
         audio = _PAYLOADS["random-20ms"]
-        msg = self.media_message(audio, stream_id=STREAM_A, sequence=1)
+        msg = self.media_message(audio, stream_id=self.stream_a, sequence=1)
         frame = self.parse_one(carrier, call, msg, AudioFrame)
         assert isinstance(frame, AudioFrame)
         b64 = base64.b64encode(audio).decode("ascii")
@@ -553,7 +606,7 @@ class MarkTests(_KitBase):
         out = carrier.build_mark(call, name)
         assert out is not None
         assert self.outbound_mark_name(out) == name
-        echo = self.parse_one(carrier, call, self.mark_message(name, stream_id=STREAM_A),
+        echo = self.parse_one(carrier, call, self.mark_message(name, stream_id=self.stream_a),
                               MarkFrame)
         assert isinstance(echo, MarkFrame) and echo.name == name
 
@@ -587,7 +640,7 @@ class DTMFTests(_KitBase):
     def test_digit(self, carrier: Carrier, caps: Capabilities, digit: str) -> None:
         self.require(caps, "dtmf", carrier)
         call = self.started_call(carrier)
-        frame = self.parse_one(carrier, call, self.dtmf_message(digit, stream_id=STREAM_A),
+        frame = self.parse_one(carrier, call, self.dtmf_message(digit, stream_id=self.stream_a),
                                DTMFFrame)
         assert isinstance(frame, DTMFFrame) and frame.digit == digit
 
@@ -596,7 +649,8 @@ class DTMFTests(_KitBase):
         self.require(caps, "dtmf", carrier)
         call = self.started_call(carrier)
         err = self.expect_protocol_error(
-            carrier, call, self.dtmf_message(digit, stream_id=STREAM_A), f"DTMF digit {digit!r}")
+            carrier, call, self.dtmf_message(digit, stream_id=self.stream_a),
+            f"DTMF digit {digit!r}")
         assert err.field and err.field in str(err), (
             f"the error for digit {digit!r} does not name its field: {err}")
         assert repr(digit) in str(err), f"the error does not show the digit: {err}"
@@ -628,19 +682,19 @@ class MalformedInputTests(_KitBase):
     def test_media_before_start_rejected(self, carrier: Carrier) -> None:
         call = carrier.new_call()
         err = self.expect_protocol_error(
-            carrier, call, self.media_message(b"\xff" * 160, stream_id=STREAM_A, sequence=1),
+            carrier, call, self.media_message(b"\xff" * 160, stream_id=self.stream_a, sequence=1),
             "media before start")
         assert not err.fatal, "media before start must not end the call"
         assert not call.started
 
     def test_required_cases_supplied(self) -> None:
-        cases = self.malformed_messages(stream_id=STREAM_A)
+        cases = self.malformed_messages(stream_id=self.stream_a)
         missing = [f"{k} ({v})" for k, v in REQUIRED_MALFORMED_CASES.items() if k not in cases]
         assert not missing, "malformed_messages() lacks cases: " + "; ".join(missing)
 
     def test_carrier_cases_rejected(self, carrier: Carrier) -> None:
         problems: list[str] = []
-        for case_id, case in self.malformed_messages(stream_id=STREAM_A).items():
+        for case_id, case in self.malformed_messages(stream_id=self.stream_a).items():
             call = self.started_call(carrier) if case.after_start else carrier.new_call()
             try:
                 err = self.expect_protocol_error(carrier, call, case.message, case_id)
@@ -664,7 +718,7 @@ class MalformedInputTests(_KitBase):
                                                         caps: Capabilities) -> None:
         self.require(caps, "text_frames_only", carrier)
         call = self.started_call(carrier)
-        media = self.media_message(b"\xff" * 160, stream_id=STREAM_A, sequence=1)
+        media = self.media_message(b"\xff" * 160, stream_id=self.stream_a, sequence=1)
         for what, frame in (("a valid message sent as a binary frame",
                              media.encode("utf-8") if isinstance(media, str) else media),
                             ("raw audio bytes", b"\xff" * 160),
@@ -675,20 +729,20 @@ class MalformedInputTests(_KitBase):
     def test_call_continues_after_rejection(self, carrier: Carrier) -> None:
         """A refused message that is not fatal leaves the call able to go on."""
         problems: list[str] = []
-        for case_id, case in self.malformed_messages(stream_id=STREAM_A).items():
+        for case_id, case in self.malformed_messages(stream_id=self.stream_a).items():
             if not case.after_start:
                 continue
             call = self.started_call(carrier)
             result = self.parse_or_reject(carrier, call, case.message, case_id)
             if not isinstance(result, CarrierProtocolError) or result.fatal:
                 continue  # accepted (reported by test_carrier_cases_rejected) or call over
-            if not call.started or call.stopped or call.stream_id != STREAM_A:
+            if not call.started or call.stopped or call.stream_id != self.stream_a:
                 problems.append(f"{case_id}: the rejection changed the call (started="
                                 f"{call.started}, stopped={call.stopped}, "
                                 f"stream_id={call.stream_id!r})")
                 continue
             after = self.parse_or_reject(carrier, call, self.media_message(
-                b"\x01" * 160, stream_id=STREAM_A, sequence=2), f"media after {case_id}")
+                b"\x01" * 160, stream_id=self.stream_a, sequence=2), f"media after {case_id}")
             if isinstance(after, CarrierProtocolError):
                 problems.append(f"{case_id}: the next valid media message was refused: {after}")
             elif [type(f) for f in after] != [AudioFrame]:
@@ -731,7 +785,7 @@ class MalformedInputTests(_KitBase):
                                  f"{pos}: {mutated[:200]!r}")
 
     def test_message_limit_declared(self, carrier: Carrier, caps: Capabilities) -> None:
-        typical = self.media_message(b"\xff" * 160, stream_id=STREAM_A, sequence=1)
+        typical = self.media_message(b"\xff" * 160, stream_id=self.stream_a, sequence=1)
         size = len(typical.encode("utf-8")) if isinstance(typical, str) else len(typical)
         assert 0 < size <= caps.max_message_bytes < 16 * _ONE_MB, (
             f"max_message_bytes={caps.max_message_bytes} must admit a 20 ms media message "
@@ -740,7 +794,8 @@ class MalformedInputTests(_KitBase):
     @pytest.mark.parametrize("kind", ["media", "garbage"])
     def test_one_megabyte_message(self, carrier: Carrier, kind: str) -> None:
         call = self.started_call(carrier)
-        message: Message = (self.media_message(b"\x55" * _ONE_MB, stream_id=STREAM_A, sequence=1)
+        message: Message = (self.media_message(b"\x55" * _ONE_MB, stream_id=self.stream_a,
+                                               sequence=1)
                             if kind == "media" else "x" * _ONE_MB)
         try:
             frames = carrier.parse_inbound(call, message)
@@ -762,27 +817,27 @@ class IsolationTests(_KitBase):
     """Two calls on one carrier share nothing: identities, state and outbound addressing."""
 
     def test_contexts_do_not_leak(self, carrier: Carrier) -> None:
-        a = self.started_call(carrier, STREAM_A, {"who": "a"})
-        b = self.started_call(carrier, STREAM_B, {"who": "b"})
-        assert (a.stream_id, b.stream_id) == (STREAM_A, STREAM_B)
+        a = self.started_call(carrier, self.stream_a, {"who": "a"})
+        b = self.started_call(carrier, self.stream_b, {"who": "b"})
+        assert (a.stream_id, b.stream_id) == (self.stream_a, self.stream_b)
         assert (dict(a.custom_parameters), dict(b.custom_parameters)) == ({"who": "a"},
                                                                            {"who": "b"})
         assert a.state is not b.state
-        fa = self.parse_one(carrier, a, self.media_message(b"\x01" * 160, stream_id=STREAM_A,
+        fa = self.parse_one(carrier, a, self.media_message(b"\x01" * 160, stream_id=self.stream_a,
                                                            sequence=1), AudioFrame)
-        fb = self.parse_one(carrier, b, self.media_message(b"\x02" * 160, stream_id=STREAM_B,
+        fb = self.parse_one(carrier, b, self.media_message(b"\x02" * 160, stream_id=self.stream_b,
                                                            sequence=1), AudioFrame)
         assert isinstance(fa, AudioFrame) and isinstance(fb, AudioFrame)
         assert (fa.data, fb.data) == (b"\x01" * 160, b"\x02" * 160)
-        self.parse_one(carrier, a, self.stop_message(stream_id=STREAM_A), EndFrame)
+        self.parse_one(carrier, a, self.stop_message(stream_id=self.stream_a), EndFrame)
         assert a.stopped and not b.stopped
-        self.parse_one(carrier, b, self.media_message(b"\x03" * 160, stream_id=STREAM_B,
+        self.parse_one(carrier, b, self.media_message(b"\x03" * 160, stream_id=self.stream_b,
                                                       sequence=2), AudioFrame)
 
     def test_outbound_stream_ids_are_each_calls_own(self, carrier: Carrier,
                                                     caps: Capabilities) -> None:
-        a = self.started_call(carrier, STREAM_A)
-        b = self.started_call(carrier, STREAM_B)
+        a = self.started_call(carrier, self.stream_a)
+        b = self.started_call(carrier, self.stream_b)
         fmt = caps.media_format
         audio = AudioFrame(payload=b"\xff" * 160, codec=fmt.codec, sample_rate=fmt.sample_rate,
                            track="outbound")
@@ -799,6 +854,67 @@ class IsolationTests(_KitBase):
                 f"a message for {call.stream_id!r} is addressed elsewhere: {message!r}")
 
 
+# ---------------------------------------------------------------------------------------------
+# call identity
+# ---------------------------------------------------------------------------------------------
+
+
+class IdentityTests(_KitBase):
+    """Ids and custom parameters are checked where they enter: a start whose stream id or call
+    id could not safely be a store key, a REST path segment or a log line is refused, fatally,
+    before anything uses it; so are control characters and absurd sizes in custom parameters."""
+
+    def _refused(self, carrier: Carrier, message: Message, what: str) -> CarrierProtocolError:
+        call = carrier.new_call()
+        err = self.expect_protocol_error(carrier, call, message, what)
+        text = str(err)
+        assert err.fatal, f"{what}: refused, but not fatally: {text}"
+        assert not call.started, f"{what}: the refused start still started the call"
+        assert err.field and err.field in text, f"{what}: the error names no field: {text}"
+        assert not _CONTROL.search(text), f"{what}: the error holds a raw control character"
+        assert len(text) < 1000, f"{what}: the error is {len(text)} characters long"
+        return err
+
+    @pytest.mark.parametrize("bad", list(HOSTILE_IDS.values()), ids=list(HOSTILE_IDS))
+    def test_hostile_stream_id_refused(self, carrier: Carrier, bad: str) -> None:
+        self._refused(carrier, self.start_message(stream_id=bad, call_id=self.call_1,
+                                                  custom_parameters={}), f"stream id {bad!r}")
+
+    @pytest.mark.parametrize("bad", list(HOSTILE_IDS.values()), ids=list(HOSTILE_IDS))
+    def test_hostile_call_id_refused_or_unused(self, carrier: Carrier, bad: str) -> None:
+        """Refused, or (for a carrier whose start carries no call id) never in the start."""
+        call = carrier.new_call()
+        message = self.start_message(stream_id=self.stream_a, call_id=bad, custom_parameters={})
+        result = self.parse_or_reject(carrier, call, message, f"call id {bad!r}")
+        if isinstance(result, CarrierProtocolError):
+            self._refused(carrier, message, f"call id {bad!r}")
+            return
+        starts = [f for f in result if isinstance(f, StartFrame)]
+        assert starts and bad not in (starts[0].call_id, starts[0].account_id), (
+            f"call id {bad!r} was accepted into {starts!r}")
+
+    def test_refusal_shows_the_value_bounded(self, carrier: Carrier) -> None:
+        err = self._refused(carrier, self.start_message(
+            stream_id="x/" * 5000, call_id=self.call_1, custom_parameters={}), "a 10 kB id")
+        assert "'x/x/" in str(err), f"the error does not show the start of the value: {err}"
+
+    @pytest.mark.parametrize("params", list(HOSTILE_PARAMETERS.values()),
+                             ids=list(HOSTILE_PARAMETERS))
+    def test_hostile_custom_parameters_refused(self, carrier: Carrier,
+                                               params: Mapping[str, str]) -> None:
+        """Refused, or (for a carrier whose start carries no custom parameters) not in it."""
+        what = f"custom parameters {str(params)[:40]}"
+        message = self.start_message(stream_id=self.stream_a, call_id=self.call_1,
+                                     custom_parameters=params)
+        result = self.parse_or_reject(carrier, carrier.new_call(), message, what)
+        if isinstance(result, CarrierProtocolError):
+            self._refused(carrier, message, what)
+            return
+        starts = [f for f in result if isinstance(f, StartFrame)]
+        assert starts and not set(params) & set(starts[0].custom_parameters), (
+            f"{what} were accepted into the start frame")
+
+
 class CarrierConformanceTests(
     RegistrationTests,
     InboundParsingTests,
@@ -809,5 +925,6 @@ class CarrierConformanceTests(
     DTMFTests,
     MalformedInputTests,
     IsolationTests,
+    IdentityTests,
 ):
     """Every conformance test; subclass it together with your :class:`CarrierFixtures`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from urllib.parse import quote
 from typing import Literal, Mapping, Sequence
 
 from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, OutboundRequest
@@ -24,7 +25,7 @@ from telewire_twilio.settings import ENV_PREFIX, TwilioSettings, load_settings
 from telewire_twilio.signature import verify_request
 from telewire_twilio.twiml import connect_stream, dial
 
-__all__ = ["CAPABILITIES", "CARRIER", "ENVELOPE", "TwilioSettings"]
+__all__ = ["CAPABILITIES", "CARRIER", "ENVELOPE", "SID_PATTERNS", "TwilioSettings"]
 
 CARRIER = "twilio"
 #: Twilio Media Streams: mu-law 8 kHz mono both ways, JSON text frames, clear and marks; DTMF
@@ -39,8 +40,20 @@ CAPABILITIES = Capabilities(
     media_format=MediaFormat(codec="pcmu", sample_rate=8000, channels=1),
     max_message_bytes=64 * 1024,
 )
-#: The compiled envelopes of ``envelope.toml``; shared by every call, immutable.
-ENVELOPE: CompiledEnvelope = load_envelope_file(CARRIER, Path(__file__).with_name("envelope.toml"))
+#: The shape of the ids a Twilio ``start`` event carries: every Twilio SID is a two-letter prefix
+#: and 32 hexadecimal digits (https://www.twilio.com/docs/glossary/what-is-a-sid): ``MZ`` a
+#: stream, ``CA`` a call, ``AC`` an account. A start with any other id is refused (and its call
+#: ended) before the id is used anywhere. The ``twilio`` preset leaves them out, so bridges that
+#: speak Twilio's envelope with ids of their own can use it.
+SID_PATTERNS = {
+    "stream_id": "MZ[0-9a-fA-F]{32}",
+    "call_id": "CA[0-9a-fA-F]{32}",
+    "account_id": "AC[0-9a-fA-F]{32}",
+}
+#: The compiled envelopes of ``envelope.toml`` with :data:`SID_PATTERNS`; shared by every call,
+#: immutable.
+ENVELOPE: CompiledEnvelope = load_envelope_file(
+    CARRIER, Path(__file__).with_name("envelope.toml"), ids=SID_PATTERNS)
 
 
 def _need_stream(call: CallContext, what: str) -> None:
@@ -71,6 +84,10 @@ def telewire_hangup(call: CallContext, reason: str) -> str | bytes | None:
 def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest:
     """Redirect the live call to ``<Dial>target</Dial>`` with the Calls REST API (``Twiml``).
 
+    The account and call SIDs go into the URL as percent-encoded path segments (both were
+    checked already: the account SID by the settings, the call SID by the start event's
+    :data:`SID_PATTERNS`).
+
     Raises:
         ConfigError: ``TELEWIRE_TWILIO_ACCOUNT_SID``/``AUTH_TOKEN`` unset, no call sid yet, or a
             target that is neither E.164 nor ``sip:``.
@@ -85,7 +102,8 @@ def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest
     base = settings.api_base_url.rstrip("/")
     return OutboundRequest(
         method="POST",
-        url=f"{base}/2010-04-01/Accounts/{settings.account_sid}/Calls/{call.call_id}.json",
+        url=(f"{base}/2010-04-01/Accounts/{quote(settings.account_sid, safe='')}"
+             f"/Calls/{quote(call.call_id, safe='')}.json"),
         headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
         form=(("Twiml", dial(target)),),
     )

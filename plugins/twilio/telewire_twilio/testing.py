@@ -6,15 +6,22 @@ Depends on ``telewire.testing.conformance`` (so on pytest); only tests import it
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 from typing import Any, Mapping, Sequence
 
 from telewire.testing.conformance import CarrierFixtures, Malformed
 
-__all__ = ["ACCOUNT_SID", "RECORDED_CALL", "TwilioFixtures"]
+__all__ = ["ACCOUNT_SID", "RECORDED_CALL", "TwilioFixtures", "sid"]
 
 ACCOUNT_SID = "AC" + "0" * 32
+
+
+def sid(prefix: str, seed: str) -> str:
+    """A Twilio-shaped SID (``prefix`` + 32 hex digits), the same for the same ``seed``."""
+    return prefix + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
 _MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 _SIDS = ('"accountSid":"AC9f3c2b1a0e8d7c6b5a4f3e2d1c0b9a8f",'
@@ -53,9 +60,16 @@ RECORDED_CALL: tuple[str, ...] = (
 
 class TwilioFixtures(CarrierFixtures):
     """Inbound messages shaped like Twilio's (string counters, ``sequenceNumber`` on every
-    message) and decoders for the ``media``/``mark``/``clear`` messages sent back."""
+    message, SIDs of ``MZ``/``CA``/``AC`` + 32 hex digits) and decoders for the ``media``/
+    ``mark``/``clear`` messages sent back."""
 
     _sequence = itertools.count(1)
+    stream_a = sid("MZ", "stream-a")
+    stream_b = sid("MZ", "stream-b")
+    call_1 = sid("CA", "call-1")
+
+    def call_id_for(self, stream_id: str) -> str:
+        return sid("CA", stream_id)
 
     def _message(self, event: str, stream_id: str | None, **body: Any) -> str:
         doc: dict[str, Any] = {"event": event, "sequenceNumber": str(next(self._sequence))}
@@ -89,7 +103,7 @@ class TwilioFixtures(CarrierFixtures):
 
     def stop_message(self, *, stream_id: str) -> str:
         return self._message("stop", stream_id, stop={"accountSid": ACCOUNT_SID,
-                                                      "callSid": f"call-of-{stream_id}"})
+                                                      "callSid": self.call_id_for(stream_id)})
 
     def recorded_session(self) -> Sequence[str]:
         return RECORDED_CALL
@@ -100,10 +114,11 @@ class TwilioFixtures(CarrierFixtures):
                                                             "timestamp": "0", **fields})
 
         def start(**fields: Any) -> str:
-            body = {"accountSid": ACCOUNT_SID, "streamSid": stream_id, "callSid": "CA1",
+            body = {"accountSid": ACCOUNT_SID, "streamSid": stream_id, "callSid": self.call_1,
                     "tracks": ["inbound"], "customParameters": {}, "mediaFormat": _MEDIA_FORMAT}
             return self._message("start", stream_id, start={**body, **fields})
 
+        other, second = sid("MZ", "other"), sid("MZ", "second")
         return {
             "unknown_event": Malformed(self._message("dance", stream_id), field="event",
                                        mentions=("'dance'",)),
@@ -115,9 +130,9 @@ class TwilioFixtures(CarrierFixtures):
             "bad_padding": Malformed(media(payload="AAA"), field="media.payload", event="media"),
             "chunk_not_a_number": Malformed(media(payload="AAAA", chunk="one"),
                                             field="media.chunk", mentions=("'one'",)),
-            "foreign_stream": Malformed(self.media_message(b"\xff", stream_id="MZ-other",
+            "foreign_stream": Malformed(self.media_message(b"\xff", stream_id=other,
                                                            sequence=1),
-                                        field="streamSid", mentions=("MZ-other",)),
+                                        field="streamSid", mentions=(other,)),
             "dtmf_without_digit": Malformed(self._message("dtmf", stream_id, dtmf={}),
                                             field="dtmf.digit", event="dtmf"),
             "mark_name_empty": Malformed(self.mark_message("", stream_id=stream_id),
@@ -134,8 +149,22 @@ class TwilioFixtures(CarrierFixtures):
                 field="start.mediaFormat.encoding", mentions=("audio/x-alaw",),
                 after_start=False, fatal=True),
             "second_start_other_stream": Malformed(
-                self.start_message(stream_id="MZ-second", call_id="CA2", custom_parameters={}),
-                event="start", mentions=("MZ-second",), fatal=True),
+                self.start_message(stream_id=second, call_id=sid("CA", "second"),
+                                   custom_parameters={}),
+                event="start", mentions=(second,), fatal=True),
+            "call_sid_not_a_sid": Malformed(start(callSid="CA1"), field="start.callSid",
+                                            mentions=("'CA1'", "CA[0-9a-fA-F]{32}"),
+                                            after_start=False, fatal=True),
+            "call_sid_missing": Malformed(start(callSid=None), field="start.callSid",
+                                          after_start=False, fatal=True),
+            "call_sid_path": Malformed(start(callSid=self.call_1 + "/../x"),
+                                       field="start.callSid", after_start=False, fatal=True),
+            "stream_sid_not_a_sid": Malformed(start(streamSid="MZ-1"), field="start.streamSid",
+                                              mentions=("'MZ-1'",), after_start=False,
+                                              fatal=True),
+            "account_sid_not_a_sid": Malformed(start(accountSid="AC1"),
+                                               field="start.accountSid", after_start=False,
+                                               fatal=True),
             "binary_frame": Malformed(b'{"event":"connected"}', mentions=("binary", "text")),
         }
 
