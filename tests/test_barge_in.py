@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from unittest import mock
 
 import aiohttp
@@ -39,6 +40,11 @@ async def serve(fake: FakeRealtimeServer, *overrides: str) -> TelewireServer:
 
 def media_url(srv: TelewireServer) -> str:
     return f"ws://127.0.0.1:{srv.port}/media/twilio"
+
+
+def answer_url(srv: TelewireServer) -> str:
+    """Where the simulator fetches its TwiML (and one-time call token) when calls are signed."""
+    return f"http://127.0.0.1:{srv.port}/answer/twilio"
 
 
 @pytest.mark.parametrize("press_at_ms", [900, 1300, 1800])
@@ -227,11 +233,11 @@ async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_ap
     try:
         async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
                                       talk_after_appends=20) as fake:
-            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]")
+            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
+                              'rt.config.transfer_targets=["+1555*"]')
             try:
                 sim = CallSimulator(media_url(srv), drain_s=3.0, hang_up=False,
-                                    auth_token="rest-token",
-                                    signature_url=media_url(srv))
+                                    auth_token="rest-token", answer_url=answer_url(srv))
                 call = asyncio.create_task(sim.run(silence(5000)))
                 conn = await fake.wait_for_connection(0)
                 (setup,) = await conn.wait_for("session.update")
@@ -251,3 +257,59 @@ async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_ap
     assert result.close_code == 1000 and result.sent_frames < 250  # ended by the transfer
     assert any("call ended: transferred (+15551234567)" in line for line in log_lines)
     assert not any("rest-token" in line for line in log_lines)
+
+
+@pytest.mark.parametrize("targets, target", [
+    ("[]", "+15551234567"),                            # no allow-list: nothing is dialled
+    ('["+1555*"]', "+19005550100"),                    # a number the caller talked it into
+    ('["sip:*@pbx.example.com"]', "sip:x@evil.example;maddr=pbx.example.com"),
+])
+async def test_transfer_call_refuses_targets_off_the_allow_list(monkeypatch, log_lines, targets,
+                                                                target):
+    """The model asks for a target the operator did not allow: the carrier's REST API is never
+    called, the model reads why, and the call goes on until the caller hangs up."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def update_call(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response({"status": "in-progress"})
+
+    app = web.Application()
+    app.add_routes([web.post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rest_port = site._server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("TELEWIRE_TWILIO_ACCOUNT_SID", "AC" + "1" * 32)
+    monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
+    monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
+    try:
+        async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
+                                      talk_after_appends=20) as fake:
+            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
+                              f"rt.config.transfer_targets={targets}")
+            try:
+                sim = CallSimulator(media_url(srv), drain_s=0.5, auth_token="rest-token",
+                                    answer_url=answer_url(srv))
+                call = asyncio.create_task(sim.run(silence(2500)))
+                conn = await fake.wait_for_connection(0)
+                while not conn.responses or conn.responses[0]["status"] != "completed":
+                    await asyncio.sleep(0.01)
+                conn.script_tool_call("transfer_call", json.dumps({"target": target}))
+                while not conn.function_outputs:
+                    await asyncio.sleep(0.01)
+                result = await call
+            finally:
+                await srv.stop(drain_timeout_s=1)
+    finally:
+        await runner.cleanup()
+    assert seen == []
+    (output,) = conn.function_outputs
+    assert json.loads(output["output"])["error"].startswith("transfer refused: ")
+    assert result.sent_frames == 125  # the caller's whole 2.5 s: the call was not cut short
+    assert any(line.startswith(f"WARNING transfer_call to {target!r} refused: ")
+               for line in log_lines)
+    assert not any("call ended: transferred" in line for line in log_lines)

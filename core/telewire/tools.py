@@ -1,7 +1,8 @@
 """Function tools the model may call: user tools from the graph and telewire's built-ins.
 
-Depends on ``telewire.realtime.base`` (``ToolSpec``), ``telewire.errors`` and ``stevedore``;
-the ``realtime_agent`` node builds a :class:`ToolBox` per call and hands it to the session.
+Depends on ``telewire.realtime.base`` (``ToolSpec``), ``telewire.transfer``, ``telewire.errors``
+and ``stevedore``; the ``realtime_agent`` node builds a :class:`ToolBox` per call and hands it to
+the session.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import importlib
 import inspect
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
+from telewire import transfer
 from telewire.errors import ConfigError
 from telewire.realtime.base import ToolSpec
 
@@ -32,7 +34,8 @@ BUILTIN_TOOLS: dict[str, dict[str, Any]] = {
             "reason": {"type": "string", "description": "Why the call is ending."}}},
     },
     "transfer_call": {
-        "description": "Transfer the caller to another phone number or SIP address.",
+        "description": "Transfer the caller to another phone number or SIP address. Only the "
+                       "numbers this line is configured to transfer to are accepted.",
         "parameters": {"type": "object", "properties": {
             "target": {"type": "string", "description": "E.164 number or sip: URI."}},
             "required": ["target"]},
@@ -81,10 +84,17 @@ class ToolBox:
         specs: user tools from ``rt.config.tools``.
         builtins: names of built-in tools to offer.
         call: the call the tools act on (hang-up, transfer).
+        transfer_targets: the patterns ``transfer_call`` may dial (``rt.config.transfer_targets``,
+            see :mod:`telewire.transfer`); empty refuses every transfer.
     """
 
-    def __init__(self, specs: Iterable[ToolSpec], builtins: Iterable[str], call: CallHandle) -> None:
+    def __init__(self, specs: Iterable[ToolSpec], builtins: Iterable[str], call: CallHandle,
+                 *, transfer_targets: Sequence[str] = ()) -> None:
         self.call = call
+        try:
+            self.transfer_targets = transfer.check_patterns(transfer_targets)
+        except ValueError as exc:
+            raise ConfigError(f"rt.config.transfer_targets: {exc}") from None
         self._specs = {s.name: s for s in specs}
         self._functions = {s.name: resolve_function(s.function, where=f"rt.config.tools[{s.name}]")
                            for s in self._specs.values()}
@@ -121,7 +131,10 @@ class ToolBox:
             asyncio.ensure_future(self.call.hang_up("end_call", reason))
             return ToolOutcome(json.dumps({"status": "ending the call"}), respond=False)
         if name == "transfer_call" and name in self._builtins:
-            target = str(args.get("target") or "")
+            why, target = transfer.refusal(args.get("target"), self.transfer_targets)
+            if why is not None:
+                self.call.log.warning("transfer_call to {} refused: {}", target, why)
+                return ToolOutcome(json.dumps({"error": f"transfer refused: {why}"}))
             error = await self.call.transfer(target)
             if error is None:
                 return ToolOutcome(json.dumps({"status": "transferred"}), respond=False)

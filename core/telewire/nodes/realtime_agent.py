@@ -81,7 +81,8 @@ class RealtimeAgent(Node):
             kwargs: dict[str, Any] = {}
             if self.config.provider != "echo":
                 kwargs["log"] = self.call.log
-                kwargs["tools"] = ToolBox(self.config.tools, self.config.builtin_tools, self.call)
+                kwargs["tools"] = ToolBox(self.config.tools, self.config.builtin_tools, self.call,
+                                          transfer_targets=self.config.transfer_targets)
             self.session = create_session(self.config, self._from_model, **kwargs)
         except ConfigError as exc:
             self.call.log.error("{}", exc)

@@ -1,6 +1,7 @@
 """The realtime provider interface and the provider lookup.
 
-Depends on ``telewire.frames`` and ``telewire.errors``. Provider modules depend on this one.
+Depends on ``telewire.frames``, ``telewire.errors`` and ``telewire.transfer``. Provider modules
+depend on this one.
 
 A provider is a :class:`RealtimeSession` subclass: the ``realtime_agent`` node creates one per
 call, ``start``s it with the call's :class:`~telewire.frames.StartFrame` and a sink, then feeds it
@@ -15,10 +16,12 @@ from __future__ import annotations
 import abc
 from typing import Any, Awaitable, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from telewire.errors import ConfigError
 from telewire.frames import AudioFrame, DTMFFrame, Frame, InterruptFrame, StartFrame, SteerFrame
+from telewire.transfer import check_patterns
 
 __all__ = ["FrameSink", "PROVIDERS", "ProviderConfig", "RealtimeSession", "ToolSpec",
            "TurnDetection", "create_session"]
@@ -104,6 +107,10 @@ class ProviderConfig(BaseModel):
         tools: function tools offered to the model (see :class:`ToolSpec`).
         builtin_tools: telewire's own tools offered to the model: ``end_call`` (hang up once the
             last audio has played) and ``transfer_call`` (where the carrier can transfer).
+        transfer_targets: the only targets ``transfer_call`` may dial: E.164 numbers or
+            ``sip:`` addresses, exact or as globs (``+1555*``, ``sip:*@pbx.example.com``; see
+            :mod:`telewire.transfer`). Empty (the default) refuses every transfer; loading a
+            graph that offers ``transfer_call`` with none logs a warning.
         session_max_s: hand the call over to a fresh provider session (conversation replayed)
             at the first turn boundary after this long, before the provider's own limit (60 min
             for OpenAI) ends it.
@@ -120,6 +127,7 @@ class ProviderConfig(BaseModel):
     tools: list[ToolSpec] = Field(default_factory=list)
     builtin_tools: list[Literal["end_call", "transfer_call"]] = Field(
         default_factory=lambda: ["end_call"])
+    transfer_targets: list[str] = Field(default_factory=list)
     session_max_s: float = Field(default=3300.0, gt=0)
     reconnect_attempts: int = Field(default=6, ge=0)
     reconnect_max_backoff_s: float = Field(default=2.0, gt=0)
@@ -138,6 +146,17 @@ class ProviderConfig(BaseModel):
         if v not in PROVIDERS:
             raise ValueError(f"unknown provider {v!r}; known: {', '.join(PROVIDERS)}")
         return v
+
+    _transfer_patterns = field_validator("transfer_targets")(
+        classmethod(lambda cls, v: check_patterns(v)))
+
+    @model_validator(mode="after")
+    def _warn_transfer_without_targets(self) -> "ProviderConfig":
+        if "transfer_call" in self.builtin_tools and not self.transfer_targets:
+            logger.warning("rt.config.builtin_tools offers transfer_call but transfer_targets "
+                           "is empty, so every transfer will be refused; list the numbers or "
+                           "sip: addresses calls may go to")
+        return self
 
 
 class RealtimeSession(abc.ABC):
