@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from telewire.carrier import CallContext
+from telewire.envelope import shown
 from telewire.errors import CarrierProtocolError
 from telewire.frames import StartFrame
 
@@ -71,7 +72,7 @@ def check_start(call: CallContext, message: str, start: StartFrame) -> StartFram
     if tracks is None:
         return start
     if not isinstance(tracks, list):
-        raise _fail(call, f"field 'metadata.tracks' must be a list, not {tracks!r}",
+        raise _fail(call, f"field 'metadata.tracks' must be a list, not {shown(tracks)}",
                     "metadata.tracks")
     names: list[str] = []
     for i, track in enumerate(tracks):
@@ -80,7 +81,7 @@ def check_start(call: CallContext, message: str, start: StartFrame) -> StartFram
             names.append(track)
             continue
         if not isinstance(track, dict):
-            raise _fail(call, f"field {where!r} must be a track name or object, not {track!r}",
+            raise _fail(call, f"field {where!r} must be a track name or object, not {shown(track)}",
                         where)
         name = track.get("name")
         names.append(name if isinstance(name, str) and name else "inbound")
@@ -88,18 +89,18 @@ def check_start(call: CallContext, message: str, start: StartFrame) -> StartFram
         if fmt is None:
             continue
         if not isinstance(fmt, dict):
-            raise _fail(call, f"field '{where}.mediaFormat' must be an object, not {fmt!r}",
+            raise _fail(call, f"field '{where}.mediaFormat' must be an object, not {shown(fmt)}",
                         f"{where}.mediaFormat")
         encoding = fmt.get("encoding")
         if encoding is not None and not (isinstance(encoding, str)
                                          and encoding.lower() in PCMU_NAMES):
             path = f"{where}.mediaFormat.encoding"
-            raise _fail(call, f"unsupported encoding {encoding!r} in {path!r}; telewire relays "
-                        "mu-law untouched and accepts only audio/PCMU", path)
+            raise _fail(call, f"unsupported encoding {shown(encoding)} in {path!r}; telewire "
+                        "relays mu-law untouched and accepts only audio/PCMU", path)
         rate = fmt.get("sampleRate")
         if rate is not None and _rate(rate) != 8000:
             path = f"{where}.mediaFormat.sampleRate"
-            raise _fail(call, f"unsupported sample rate {rate!r} in {path!r}; only 8000 is "
+            raise _fail(call, f"unsupported sample rate {shown(rate)} in {path!r}; only 8000 is "
                         "supported", path)
     clean = tuple(names) or ("inbound",)
     if clean != start.tracks:

@@ -5,7 +5,8 @@ sans-I/O.
 
 Bandwidth posts a JSON body per event (``{"eventType":"dtmf","callId":"c-…","digit":"5",…}``)
 and expects ``204``. The ``callId`` is the same id the media stream's ``start`` message carries
-in ``metadata.callId``, so it names the live call the digit belongs to.
+in ``metadata.callId``, so it names the live call the digit belongs to; it is checked like every
+id from the wire (:func:`telewire.envelope.id_problem`) before the core looks it up or logs it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from typing import Any
 
 from telewire.carrier import HttpRequest, WebhookEvent
+from telewire.envelope import id_problem, shown
 from telewire.errors import CarrierProtocolError
 from telewire.frames import DTMF_DIGITS, DTMFFrame
 
@@ -51,8 +53,8 @@ def _string(doc: dict[str, Any], name: str, event: str) -> str:
     if value is None:
         raise _error(f"missing field {name!r}", event=event, field=name)
     if not isinstance(value, str) or not value:
-        raise _error(f"field {name!r} must be a non-empty string, not {value!r}", event=event,
-                     field=name)
+        raise _error(f"field {name!r} must be a non-empty string, not {shown(value)}",
+                     event=event, field=name)
     return value
 
 
@@ -72,8 +74,9 @@ def parse_event(request: HttpRequest) -> WebhookEvent:
     Raises:
         CarrierProtocolError: the body is empty, not JSON or not an object (field ``body``);
             ``eventType`` is missing or not one of these (field ``eventType``); ``callId`` is
-            missing or empty (field ``callId``); ``digit`` is missing or holds a character that
-            is not a keypad digit (field ``digit``, showing the value).
+            missing, empty or not a safe id (field ``callId``: 1 to 128 letters, digits and
+            ``. _ : @ -``, not ``.`` or ``..``); ``digit`` is missing or holds a character that
+            is not a keypad digit (field ``digit``). Values are shown repr'd and cut short.
     """
     doc = _body(request)
     event = doc.get("eventType")
@@ -81,14 +84,18 @@ def parse_event(request: HttpRequest) -> WebhookEvent:
         raise _error("missing field 'eventType'", field="eventType")
     if event != "dtmf" and event not in ACKNOWLEDGED_EVENTS:
         known = ", ".join(sorted({"dtmf", *ACKNOWLEDGED_EVENTS}))
-        raise _error(f"unknown event {event!r} (field 'eventType'); this endpoint takes: {known}",
-                     field="eventType")
+        raise _error(f"unknown event {shown(event)} (field 'eventType'); this endpoint takes: "
+                     f"{known}", field="eventType")
     call_id = _string(doc, "callId", event)
+    problem = id_problem(call_id)
+    if problem is not None:
+        raise _error(f"field 'callId' (call id) {problem}: {shown(call_id)}", event=event,
+                     field="callId")
     if event != "dtmf":
         return WebhookEvent(call_id=call_id)
     digits = _string(doc, "digit", event)
     bad = [c for c in digits if c not in DTMF_DIGITS]
     if bad:
-        raise _error(f"field 'digit' is {digits!r}, which is not a keypad digit (0-9 * # A-D)",
-                     event=event, field="digit")
+        raise _error(f"field 'digit' is {shown(digits)}, which is not a keypad digit "
+                     "(0-9 * # A-D)", event=event, field="digit")
     return WebhookEvent(call_id=call_id, frames=tuple(DTMFFrame(digit=d) for d in digits))
