@@ -1,7 +1,11 @@
 """``telewire.realtime.wsclient.ModelConnection`` against a real ``websockets`` server on loopback.
 
 The server side is stock ``websockets``: it refuses unmasked or malformed client frames, so every
-round trip here also proves the directly written frames are valid RFC 6455 client frames.
+round trip here also proves the directly written frames are valid RFC 6455 client frames. Each
+behaviour is checked on both paths the module can take: the lean one (``websockets``' internals,
+where they exist) and the stock ``websockets`` connections it falls back to when they do not
+(or with ``TELEWIRE_LEAN_WS=0``). The lean path skips, saying what is missing, on a
+``websockets`` that lacks them.
 """
 
 from __future__ import annotations
@@ -10,14 +14,84 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
+import subprocess
+import sys
+from typing import NamedTuple
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from telewire.realtime.wsclient import LeanServerConnection, ModelConnection
+from telewire.realtime import wsclient
 
+
+class Path(NamedTuple):
+    """The connection classes of one path: the client's, the server's, and whether it is lean."""
+
+    client: type[ClientConnection]
+    server: type[ServerConnection]
+    lean: bool
+
+
+def _path(name: str) -> Path:
+    if name == "stock":
+        return Path(ClientConnection, ServerConnection, False)
+    if wsclient.LEAN_MISSING:
+        pytest.skip("this websockets lacks what the lean path needs: "
+                    + ", ".join(wsclient.LEAN_MISSING))
+    return Path(wsclient._LeanClientConnection, wsclient._LeanServerConnection, True)
+
+
+@pytest.fixture(params=["lean", "stock"])
+def path(request) -> Path:
+    """Each test that takes ``path`` runs on the lean path and on the stock fallback."""
+    return _path(request.param)
+
+
+@pytest.fixture
+def lean() -> Path:
+    """For what only the lean path has (its masking-key pool, its own frame parser)."""
+    return _path("lean")
+
+
+# -- which path the module takes ----------------------------------------------------------------
+
+def _chosen(env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TELEWIRE_LEAN_WS"}
+    if env_value is not None:
+        env["TELEWIRE_LEAN_WS"] = env_value
+    code = ("from telewire.realtime import wsclient as w; "
+            "print(w.LEAN, w.ModelConnection.__name__, w.LeanServerConnection.__name__)")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def test_telewire_lean_ws_0_selects_stock_websockets_connections():
+    assert _chosen("0") == "False ClientConnection ServerConnection"
+
+
+def test_the_lean_path_is_taken_exactly_when_its_internals_are_there():
+    expected = ("False ClientConnection ServerConnection" if wsclient.LEAN_MISSING
+                else "True _LeanClientConnection _LeanServerConnection")
+    assert _chosen(None) == expected
+    assert _chosen("1") == expected
+
+
+def test_websockets_16_and_later_have_everything_the_lean_path_needs():
+    """The lean path was written against websockets 16 and 17; if a later release moves an
+    internal, this names it (the fallback keeps calls working, at websockets' own cost)."""
+    major = int(websockets.version.version.split(".", 1)[0])
+    if major < 16:
+        assert wsclient.LEAN_MISSING  # 14 and 15 lack the fragment and send state it uses
+        assert not wsclient.LEAN and wsclient.ModelConnection is ClientConnection
+    else:
+        assert wsclient.LEAN_MISSING == ()
+
+
+# -- both paths ---------------------------------------------------------------------------------
 
 async def _echo(ws):
     async for message in ws:
@@ -30,24 +104,25 @@ async def _server(handler):
     return server, f"ws://127.0.0.1:{port}/"
 
 
-async def test_text_round_trip_at_every_length_class():
+async def test_text_round_trip_at_every_length_class(path):
     server, url = await _server(_echo)
     async with server:
-        async with connect(url, create_connection=ModelConnection, compression=None,
+        async with connect(url, create_connection=path.client, compression=None,
                            max_size=None) as ws:
-            assert isinstance(ws, ModelConnection)
+            assert type(ws) is path.client
             # 7-bit, 16-bit and 64-bit payload lengths, and non-ASCII text
             # (the 4 MB one arrives in many reads: its frame is gathered, then parsed once)
             for text in ("x", "a" * 125, "b" * 126, "é" * 40000, "c" * 70000, '{"audio":"AAA="}',
                          "d" * (4 << 20)):
                 await ws.send(text)
                 assert await ws.recv() == text
-            assert ws._fast  # data frames were parsed by ModelConnection, not websockets
+            if path.lean:
+                assert ws._fast  # data frames were parsed by ModelConnection, not websockets
             await ws.send("bytes please")
             assert await ws.recv(decode=False) == b"bytes please"
 
 
-async def test_binary_and_fragmented_messages_arrive_whole():
+async def test_binary_and_fragmented_messages_arrive_whole(path):
     async def talk(ws):
         await ws.send(["frag", "mented ", "text"])  # one message in three frames
         await ws.send(b"\x00\x01\x02")
@@ -56,14 +131,14 @@ async def test_binary_and_fragmented_messages_arrive_whole():
 
     server, url = await _server(talk)
     async with server:
-        async with connect(url, create_connection=ModelConnection) as ws:
+        async with connect(url, create_connection=path.client) as ws:
             assert await ws.recv() == "fragmented text"
             assert await ws.recv() == b"\x00\x01\x02"
             assert await ws.recv(decode=True) == "\x03\x04"
             await ws.send("done")
 
 
-async def test_reading_pauses_past_max_queue_and_resumes_in_order():
+async def test_reading_pauses_past_max_queue_and_resumes_in_order(path):
     async def flood(ws):
         for i in range(200):
             await ws.send(f"m{i}")
@@ -71,20 +146,22 @@ async def test_reading_pauses_past_max_queue_and_resumes_in_order():
 
     server, url = await _server(flood)
     async with server:
-        async with connect(url, create_connection=ModelConnection, max_queue=8) as ws:
-            for _ in range(100):  # let the flood arrive without reading it
-                if ws._reading_paused:
-                    break
-                await asyncio.sleep(0.01)
-            assert ws._reading_paused, "the socket was not paused past max_queue"
-            assert len(ws._inbox) >= 8
+        async with connect(url, create_connection=path.client, max_queue=8) as ws:
+            if path.lean:
+                for _ in range(100):  # let the flood arrive without reading it
+                    if ws._reading_paused:
+                        break
+                    await asyncio.sleep(0.01)
+                assert ws._reading_paused, "the socket was not paused past max_queue"
+                assert len(ws._inbox) >= 8
             got = [await ws.recv() for _ in range(200)]
             assert got == [f"m{i}" for i in range(200)]
-            assert not ws._reading_paused
+            if path.lean:
+                assert not ws._reading_paused
             await ws.send("done")
 
 
-async def test_queued_messages_are_delivered_before_the_close_is_raised():
+async def test_queued_messages_are_delivered_before_the_close_is_raised(path):
     async def last_words(ws):
         await ws.send("one")
         await ws.send("two")
@@ -92,7 +169,7 @@ async def test_queued_messages_are_delivered_before_the_close_is_raised():
 
     server, url = await _server(last_words)
     async with server:
-        async with connect(url, create_connection=ModelConnection) as ws:
+        async with connect(url, create_connection=path.client) as ws:
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert await ws.recv() == "one"
             assert await ws.recv() == "two"
@@ -103,22 +180,22 @@ async def test_queued_messages_are_delivered_before_the_close_is_raised():
                 await ws.send("anyone?")
 
 
-async def test_a_waiting_recv_wakes_when_the_connection_drops():
+async def test_a_waiting_recv_wakes_when_the_connection_drops(path):
     async def vanish(ws):
         ws.transport.abort()  # no close frame: like a dropped network
 
     server, url = await _server(vanish)
     async with server:
-        async with connect(url, create_connection=ModelConnection) as ws:
+        async with connect(url, create_connection=path.client) as ws:
             with pytest.raises(ConnectionClosedError) as info:
                 await asyncio.wait_for(ws.recv(), 5)
             assert info.value.rcvd is None  # abnormal closure: 1006
 
 
-async def test_masking_keys_come_from_a_refilled_pool():
+async def test_masking_keys_come_from_a_refilled_pool(lean):
     server, url = await _server(_echo)
     async with server:
-        async with connect(url, create_connection=ModelConnection) as ws:
+        async with connect(url, create_connection=lean.client) as ws:
             keys = [ws._mask_key() for _ in range(2100)]  # crosses two refills of 1024 keys
             assert all(len(k) == 4 for k in keys)
             assert len(set(keys)) > 2000  # 32-bit random keys: collisions are rare
@@ -126,17 +203,18 @@ async def test_masking_keys_come_from_a_refilled_pool():
             assert await ws.recv() == "still valid after refills"
 
 
-async def test_the_lean_server_connection_serves_a_stock_client():
+async def test_the_lean_server_connection_serves_a_stock_client(path):
     """The server side (used by the fake realtime server): unmasked frames a stock websockets
     client accepts, at every length class, and fragments from the client joined."""
     async def echo(ws):
-        assert isinstance(ws, LeanServerConnection)
+        assert type(ws) is path.server
         await ws.send(await ws.recv())
-        assert ws._fast  # the server side parses client frames itself too
+        if path.lean:
+            assert ws._fast  # the server side parses client frames itself too
         await _echo(ws)
 
     server = await serve(echo, "127.0.0.1", 0, compression=None, max_size=None,
-                         create_connection=LeanServerConnection)
+                         create_connection=path.server)
     port = server.sockets[0].getsockname()[1]
     async with server:
         async with connect(f"ws://127.0.0.1:{port}/", compression=None, max_size=None) as ws:
@@ -230,7 +308,7 @@ async def _scripted(chunks: list[bytes], *, glued: bool, lean: bool, max_size: i
     port = server.sockets[0].getsockname()[1]
     kwargs: dict = {"compression": None, "max_size": max_size, "ping_interval": None}
     if lean:
-        kwargs["create_connection"] = ModelConnection
+        kwargs["create_connection"] = wsclient._LeanClientConnection
     got: list = []
     fast_at_first = None
     async with server:
@@ -282,7 +360,7 @@ _SCRIPTS = {
 
 @pytest.mark.parametrize("name", list(_SCRIPTS))
 @pytest.mark.parametrize("split", ["whole", "glued to the handshake", "in small pieces"])
-async def test_the_frame_parser_behaves_exactly_like_websockets(name, split):
+async def test_the_frame_parser_behaves_exactly_like_websockets(name, split, lean):
     frames = _SCRIPTS[name]
     if split == "in small pieces":
         chunks = _pieces(b"".join(frames), (1, 2, 3, 7, 50, 999))[:400]
@@ -298,14 +376,15 @@ async def test_the_frame_parser_behaves_exactly_like_websockets(name, split):
     assert stock[1] is not None or stock[2] is not None  # every script ends the connection
 
 
-async def test_keepalive_pings_are_answered_on_the_lean_path():
+async def test_keepalive_pings_are_answered_on_the_lean_path(path):
     """websockets' own keepalive (our pings, the server's pongs) still works once data frames
     are parsed by ModelConnection: the connection outlives several ping timeouts."""
     server, url = await _server(_echo)
     async with server:
-        async with connect(url, create_connection=ModelConnection, ping_interval=0.02,
+        async with connect(url, create_connection=path.client, ping_interval=0.02,
                            ping_timeout=0.2) as ws:
-            assert ws._fast
+            if path.lean:
+                assert ws._fast
             for i in range(15):
                 await ws.send(f"m{i}")
                 assert await ws.recv() == f"m{i}"
@@ -313,7 +392,7 @@ async def test_keepalive_pings_are_answered_on_the_lean_path():
             assert ws.latency > 0  # set when a pong answers our ping
 
 
-async def test_the_lean_server_connection_parses_masked_frames_in_pieces():
+async def test_the_lean_server_connection_parses_masked_frames_in_pieces(path):
     """The server side unmasks client frames however they are split, and refuses an unmasked
     one with 1002 as websockets does."""
     got: list = []
@@ -329,7 +408,7 @@ async def test_the_lean_server_connection_parses_masked_frames_in_pieces():
             closed.set_result(None)
 
     server = await serve(collect, "127.0.0.1", 0, compression=None, max_size=None,
-                         create_connection=LeanServerConnection)
+                         create_connection=path.server)
     port = server.sockets[0].getsockname()[1]
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

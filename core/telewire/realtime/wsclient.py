@@ -31,6 +31,13 @@ two steps, when it is safe to:
   ``max_size``, a continuation out of place) and everything after a close frame goes to
   ``websockets`` from that byte on, with the fragmented-message state it needs, so it fails the
   connection with exactly its own close code and reason.
+
+All of that leans on ``websockets``' internals (the protocol's fragment and size state, the
+connection's send and queue state), which are not its public API and have moved between releases.
+They are checked for once, at import (:data:`LEAN`): when one is missing, or ``TELEWIRE_LEAN_WS=0``
+is set, :data:`ModelConnection` and :data:`LeanServerConnection` are ``websockets``' own stock
+connection classes and everything works as it does with ``websockets`` alone, only with its
+per-message cost. The lean path needs websockets 16 or later.
 """
 
 from __future__ import annotations
@@ -41,22 +48,74 @@ import struct
 from collections import deque
 from typing import Any
 
+import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
+from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.uri import parse_uri
 
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - the pure-Python build of websockets
     from websockets.utils import apply_mask
 
-__all__ = ["LeanServerConnection", "ModelConnection"]
+__all__ = ["LEAN", "LEAN_MISSING", "LeanServerConnection", "ModelConnection"]
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _OPEN = State.OPEN
 _MASK_POOL = 4096  # bytes of os.urandom read at once: 1024 masking keys
 _HEAD_LIMIT = 1 << 16  # past this the opening handshake is websockets' alone (it refuses it)
+
+#: what the lean path reads or writes on ``websockets``' sans-I/O protocol object
+_PROTOCOL_ATTRS = ("state", "extensions", "current_size", "reader", "max_message_size",
+                   "max_fragment_size", "expect_continuation_frame")
+#: what it reads on the asyncio connection (set in ``Connection.__init__``)
+_CONNECTION_ATTRS = ("protocol", "loop", "send_in_progress", "max_queue_high", "max_queue_low",
+                     "paused")
+#: the asyncio ``Protocol`` and ``Connection`` methods it extends
+_CONNECTION_METHODS = ("connection_made", "data_received", "connection_lost", "process_event",
+                       "send", "recv", "drain")
+
+
+def _missing_internals() -> tuple[str | None, list[str]]:
+    """Find the ``websockets`` internals the lean path uses, by looking for each of them.
+
+    Returns the name of the connection's attribute holding the exception that ended the
+    connection (``connection_exc`` from websockets 17.4, ``recv_exc`` before), and what is
+    missing (empty when the lean path can run).
+    """
+    missing = []
+    major = websockets.version.version.split(".", 1)[0]
+    if not major.isdigit() or int(major) < 16:  # max_fragment_size, send_in_progress: 16.0
+        missing.append(f"websockets {websockets.version.version} (the lean path needs 16 or later)")
+    protocol = ClientProtocol(parse_uri("ws://127.0.0.1/"))  # sans-I/O: no socket, no loop
+    missing += [f"Protocol.{a}" for a in _PROTOCOL_ATTRS if not hasattr(protocol, a)]
+    if not isinstance(getattr(getattr(protocol, "reader", None), "buffer", None), bytearray):
+        missing.append("Protocol.reader.buffer")
+    if not isinstance(getattr(type(protocol), "close_exc", None), property):
+        missing.append("Protocol.close_exc")
+    stored = set(Connection.__init__.__code__.co_names)  # attributes __init__ sets, and more
+    missing += [f"Connection.{a}" for a in _CONNECTION_ATTRS if a not in stored]
+    missing += [f"Connection.{m}()" for m in _CONNECTION_METHODS
+                if not callable(getattr(Connection, m, None))]
+    exc_attr = next((a for a in ("connection_exc", "recv_exc") if a in stored), None)
+    if exc_attr is None:
+        missing.append("Connection.connection_exc")
+    return exc_attr, missing
+
+
+_EXC_ATTR, _MISSING = _missing_internals()
+
+LEAN_MISSING: tuple[str, ...] = tuple(_MISSING)
+"""The ``websockets`` internals the lean path needs and this installation lacks (empty when all
+are there)."""
+
+LEAN: bool = not LEAN_MISSING and os.environ.get("TELEWIRE_LEAN_WS", "1") != "0"
+"""Whether :data:`ModelConnection` and :data:`LeanServerConnection` take the lean path: the
+internals are all there and ``TELEWIRE_LEAN_WS=0`` does not switch it off."""
 
 
 def _text_frame_head(length: int, masked: int) -> bytes:
@@ -272,7 +331,7 @@ class _LeanPath:
         inbox = self._inbox
         while not inbox:
             if self._lost:
-                raise self.protocol.close_exc from self.connection_exc
+                raise self.protocol.close_exc from getattr(self, _EXC_ATTR)
             self._waiter = waiter = self.loop.create_future()
             try:
                 await waiter
@@ -324,11 +383,21 @@ class _LeanPath:
         await super().send(message, text=text)
 
 
-class ModelConnection(_LeanPath, ClientConnection):  # type: ignore[misc]
-    """The client connection to a realtime model (``create_connection`` of ``connect``)."""
+class _LeanClientConnection(_LeanPath, ClientConnection):  # type: ignore[misc]
+    """The client connection with the lean path."""
 
     _masked = True
 
 
-class LeanServerConnection(_LeanPath, ServerConnection):  # type: ignore[misc]
-    """A server connection with the same lean path (``create_connection`` of ``serve``)."""
+class _LeanServerConnection(_LeanPath, ServerConnection):  # type: ignore[misc]
+    """The server connection with the lean path."""
+
+
+ModelConnection: type[ClientConnection] = _LeanClientConnection if LEAN else ClientConnection
+"""The client connection to a realtime model (``create_connection`` of ``connect``): the lean
+path when :data:`LEAN`, else ``websockets``' stock ``ClientConnection``."""
+
+LeanServerConnection: type[ServerConnection] = (
+    _LeanServerConnection if LEAN else ServerConnection)
+"""A server connection (``create_connection`` of ``serve``): the lean path when :data:`LEAN`,
+else ``websockets``' stock ``ServerConnection``."""
