@@ -21,7 +21,7 @@ def test_config_show_masks_secrets_and_applies_overrides(tmp_path):
     assert rt["voice"] == "cedar" and rt["model"] == "gpt-realtime-mini"
     assert data["settings"]["max_calls"] == 42
     assert data["carriers"]["twilio"]["auth_token"] == "**********"
-    assert data["environment"]["OPENAI_API_KEY"] == "**********"
+    assert data["provider_keys"]["openai_api_key"] == "**********"  # read through settings
 
 
 def test_config_errors_name_file_node_and_value(tmp_path):

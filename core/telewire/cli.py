@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loguru import logger
-from pydantic import BaseModel, SecretStr
 
 from telewire import __version__
 from telewire.errors import ConfigError, TelewireError
 from telewire.eventloop import use_event_loop
 from telewire.graph import load_graph, node_types
+from telewire.redact import mask, mask_text
 from telewire.registry import CarrierRegistry
-from telewire.settings import ServerSettings, load_settings, node_overrides
+from telewire.settings import ServerSettings, load_settings, node_overrides, provider_keys
 
 __all__ = ["main"]
 
@@ -131,43 +131,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- config
 
 
-def _masked(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return "**********" if value.get_secret_value() else ""
-    if isinstance(value, BaseModel):
-        return {k: _masked(getattr(value, k)) for k in type(value).model_fields}
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_masked(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the effective configuration as JSON, every secret masked (:func:`telewire.redact.mask`:
+    ``SecretStr`` fields, values under secret-like names at any depth, URL userinfo and
+    secret-like query parameters), in the settings, every node's config and the carriers'."""
     settings, graph = _load(args)
     registry = CarrierRegistry()
     carriers: dict[str, Any] = {}
     for name in registry.names():
         try:
             model = registry.get(name).settings_model()
-            carriers[name] = _masked(model()) if model is not None else {}
+            carriers[name] = mask(model()) if model is not None else {}
         except Exception as exc:  # show what is wrong, keep showing the rest
-            carriers[name] = {"error": str(exc)}
+            carriers[name] = {"error": mask_text(str(exc))}
     out = {
-        "settings": _masked(settings),
+        "settings": mask(settings),
+        "provider_keys": mask(provider_keys()),
         "graph": {
             "source": graph.source,
-            "nodes": {n: {"type": s.type, "version": s.version, "config": _masked(s.config)}
+            "nodes": {n: {"type": s.type, "version": s.version, "config": mask(s.config)}
                       for n, s in graph.nodes.items()},
             "edges": [str(e) for e in graph.edges],
         },
         "carriers": carriers,
     }
-    if "OPENAI_API_KEY" in os.environ:
-        out["environment"] = {"OPENAI_API_KEY": "**********"}
-    print(json.dumps(out, indent=2, default=str))
+    print(json.dumps(out, indent=2, default=lambda v: mask(str(v))))
     return 0
 
 
@@ -222,7 +210,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from telewire.wav import read_ulaw
 
     overrides = list(args.set or [])
-    if os.environ.get("OPENAI_API_KEY") and not any(o.startswith("rt.config.provider") for o in overrides):
+    if provider_keys().openai_api_key is not None and not any(
+            o.startswith("rt.config.provider") for o in overrides):
         overrides.append("rt.config.provider=openai")
     settings = load_settings(host="127.0.0.1", port=0)
     graph = load_graph(None, overrides)
@@ -418,10 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"telewire: configuration error: {exc}", file=sys.stderr)
+        print(f"telewire: configuration error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except TelewireError as exc:
-        print(f"telewire: {exc}", file=sys.stderr)
+        print(f"telewire: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -38,6 +38,7 @@ from telewire.envelope import CompiledEnvelope, compile_envelope
 from telewire.errors import ConfigError, GraphError, PluginError
 from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
 from telewire.nodes.base import Handler, Node
+from telewire.redact import MASK, is_secret_name, mask_text, shown
 from telewire.registry import entry_point_origin
 
 if TYPE_CHECKING:
@@ -135,19 +136,20 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], *, source: st
 
     Raises:
         ConfigError: an override that is not of the form ``NODE.config.KEY=VALUE`` or names a
-            node the graph does not have.
+            node the graph does not have. The message shows the override's value only when
+            its key is not secret-like (``rt.config.api_key=**********``).
     """
     nodes = raw.setdefault("nodes", {})
     for item in overrides:
         path, sep, value = item.partition("=")
         parts = path.strip().split(".")
         if not sep or len(parts) < 3 or parts[1] != "config" or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected NODE.config.KEY=VALUE "
-                              "(for example rt.config.provider=echo)")
+            raise ConfigError(f"--set {_override_text(path, sep, value)!r}: expected "
+                              "NODE.config.KEY=VALUE (for example rt.config.provider=echo)")
         node = parts[0]
         if node not in nodes:
-            raise ConfigError(f"--set {item!r}: {source} has no node {node!r}; nodes: "
-                              f"{', '.join(sorted(nodes)) or 'none'}")
+            raise ConfigError(f"--set {_override_text(path, sep, value)!r}: {source} has no "
+                              f"node {node!r}; nodes: {', '.join(sorted(nodes)) or 'none'}")
         try:
             parsed: Any = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -156,17 +158,37 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], *, source: st
         for key in parts[2:-1]:
             target = target.setdefault(key, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a table")
+                raise ConfigError(f"--set {_override_text(path, sep, value)!r}: "
+                                  f"{'.'.join(parts[:-1])} is not a table")
         target[parts[-1]] = parsed
 
 
+def _override_text(path: str, sep: str, value: str) -> str:
+    """An override as an error message may show it: the value masked when any part of the key
+    is secret-like (or the text has no ``=`` and so may be all value), URLs masked always."""
+    if not sep:
+        return mask_text(path) if "." in path and not is_secret_name(path) else MASK
+    if any(is_secret_name(p) for p in path.split(".")):
+        return f"{path}={MASK}"
+    return mask_text(f"{path}={value}")
+
+
 def _config_error(exc: ValidationError, source: str, node: str) -> GraphError:
+    """One line per problem, naming the key; the value is shown unless it is a table, sits
+    under a secret-like name, or belongs to a key the node does not have (a misspelt
+    ``api_kye`` is as likely to hold a secret as ``api_key``)."""
     lines = [f"{source}: node {node!r}: invalid config"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (value {value!r})"
-        lines.append(f"  {node}.config.{loc}: {err['msg']}{shown}")
+        msg = err["msg"]
+        if isinstance(value, dict) or err.get("type") == "extra_forbidden":
+            text = ""
+        else:
+            text = f" (value {shown(value, *err['loc'])})"
+        if isinstance(value, str) and value and any(is_secret_name(p) for p in err["loc"]):
+            msg = msg.replace(value, MASK)  # a validator that quotes its input
+        lines.append(f"  {node}.config.{loc}: {mask_text(msg)}{text}")
     return GraphError("\n".join(lines))
 
 

@@ -11,12 +11,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telewire.errors import ConfigError
+from telewire.redact import shown as _shown
 
-__all__ = ["CarrierSettings", "ServerSettings", "load_settings", "node_overrides", "read_settings"]
+__all__ = ["CarrierSettings", "ProviderKeys", "ServerSettings", "load_settings", "node_overrides",
+           "provider_keys", "read_settings"]
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -45,8 +47,9 @@ def read_settings(model: type[S], *, title: str, **overrides: Any) -> S:
 
     For carrier plugins and the core alike: a bad value becomes a :class:`ConfigError` with one
     line per problem naming the environment variable (the model's ``env_prefix``, nested keys
-    joined with its delimiter) and the value, except for ``SecretStr`` fields, whose values are
-    never shown.
+    joined with its delimiter) and the value, except for ``SecretStr`` fields, secret-like names
+    (``…_KEY``, ``…_TOKEN`` …, see :mod:`telewire.redact`) and node-config overrides
+    (``TELEWIRE_NODES__…``), whose values are never shown.
 
     Args:
         model: the settings class.
@@ -67,8 +70,8 @@ def read_settings(model: type[S], *, title: str, **overrides: Any) -> S:
                 lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
                 continue
             field = model.model_fields.get(loc[0])
-            secret = field is not None and _is_secret(field.annotation)
-            shown = "" if secret else f" (value {err.get('input')!r})"
+            secret = (field is not None and _is_secret(field.annotation)) or loc[0] == "nodes"
+            shown = "" if secret else f" (value {_shown(err.get('input'), *loc)})"
             lines.append(f"  {prefix}{joiner.join(loc).upper()}: {err['msg']}{shown}")
         raise ConfigError("\n".join(lines)) from None
 
@@ -185,3 +188,46 @@ def node_overrides(settings: ServerSettings) -> list[str]:
         for key, value in values.items():
             out.append(f"{node}.config.{key}={value}")
     return out
+
+
+# -- provider keys ---------------------------------------------------------------------------------
+
+
+def _key(*names: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(*names))
+
+
+class ProviderKeys(BaseSettings):
+    """Realtime providers' API keys, under their providers' standard names, from the environment
+    or a ``.env`` file in the working directory (like every other setting).
+
+    A key set in the graph (``rt.config.api_key``) wins over these. The ``TELEWIRE_`` name wins
+    over the standard one when both are set. A blank value counts as unset.
+
+    Attributes:
+        openai_api_key: ``TELEWIRE_OPENAI_API_KEY`` or ``OPENAI_API_KEY`` (the ``openai``
+            provider).
+        azure_openai_api_key: ``TELEWIRE_AZURE_OPENAI_API_KEY`` or ``AZURE_OPENAI_API_KEY`` (the
+            ``azure`` provider).
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    openai_api_key: SecretStr | None = _key("TELEWIRE_OPENAI_API_KEY", "OPENAI_API_KEY")
+    azure_openai_api_key: SecretStr | None = _key("TELEWIRE_AZURE_OPENAI_API_KEY",
+                                                  "AZURE_OPENAI_API_KEY")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def provider_keys() -> ProviderKeys:
+    """Read the provider keys now (environment, then ``.env``). A provider session calls this
+    once, when it starts, never per frame.
+
+    Raises:
+        ConfigError: the keys cannot be read.
+    """
+    return read_settings(ProviderKeys, title="provider keys")
