@@ -299,12 +299,34 @@ async def test_refused_session_setup_fails_loudly(sink: Sink) -> None:
     assert sink.of(ErrorFrame)[0].fatal
 
 
-async def test_normal_server_close_ends_with_provider_closed_and_its_code(
+async def test_normal_close_mid_call_reconnects_and_audio_flows_again(
         session: OpenAISession, conn: FakeConnection, sink: Sink) -> None:
+    """A close with 1000 is no reason to end a live call: the provider has no business doing
+    so (``end_call`` is how the model hangs up), so it is treated like any other drop."""
+    await session.send_audio(AudioFrame(payload="AAAA"))
+    await sink.wait_for(AudioFrame)
+    await conn.push_caller_transcript("Two tickets, please.")
+    await sink.wait_for(TranscriptFrame)
     await conn.close(1000, "bye")
+    fresh = await conn.server.wait_for_connection(1)
+    (item,) = await fresh.wait_for("conversation.item.create")
+    assert item["item"]["content"] == [{"type": "input_text", "text": "Two tickets, please."}]
+    await session.send_audio(AudioFrame(payload="AAEC"))
+    (append,) = await fresh.wait_for("input_audio_buffer.append")
+    assert append["audio"] == "AAEC"
+    frames = await sink.wait_for(AudioFrame, 2)
+    assert frames[-1].payload == "AAEC"  # the fresh session's echo reached the caller side
+    assert session.reconnects == 1 and sink.of(EndFrame) == []
+
+
+async def test_policy_close_ends_with_provider_closed_and_its_code(
+        session: OpenAISession, conn: FakeConnection, sink: Sink) -> None:
+    await conn.close(1008, "bye\nERROR forged line")
     (end,) = await sink.wait_for(EndFrame)
     assert end.reason == "provider_closed"
-    assert "1000" in end.detail and "bye" in end.detail
+    assert "1008" in end.detail and "bye" in end.detail
+    assert "\n" not in end.detail  # the reason is quoted, its newline escaped
+    assert session.reconnects == 0
 
 
 async def test_going_away_reconnects_and_replays_the_conversation(

@@ -155,3 +155,15 @@ class RealtimeAgent(Node):
         if self.session is not None:
             await self.session.close()
         self._ready = False
+        counts = self.counters()
+        if any(counts.values()):
+            self.call.log.info("{}: {}", self.name,
+                               ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+
+    def counters(self) -> dict[str, int]:
+        """Caller frames dropped while the model connection opened, plus the session's own
+        counters (reconnects, handovers, bad audio deltas, history items dropped …)."""
+        counts = {"caller_frames_dropped": self.dropped_frames}
+        if self.session is not None:
+            counts.update(self.session.counters())
+        return counts

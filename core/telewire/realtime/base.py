@@ -100,7 +100,8 @@ class ProviderConfig(BaseModel):
         model: the model name.
         voice: the output voice.
         system_prompt: the session instructions.
-        api_key: the key; when unset, ``OPENAI_API_KEY`` from the environment.
+        api_key: the key; when unset, ``OPENAI_API_KEY`` (``AZURE_OPENAI_API_KEY`` for
+            ``azure``) from the environment or ``.env`` (:class:`telewire.settings.ProviderKeys`).
         transcription_model: the model that transcribes the caller's audio into transcript
             frames (``audio.input.transcription``); ``""`` turns caller transcription off.
         turn_detection: see :class:`TurnDetection`.
@@ -114,10 +115,15 @@ class ProviderConfig(BaseModel):
         session_max_s: hand the call over to a fresh provider session (conversation replayed)
             at the first turn boundary after this long, before the provider's own limit (60 min
             for OpenAI) ends it.
-        reconnect_attempts: reconnections tried after an abnormal close (1001/1006/1011/1012/
-            1013), with backoff doubling from 0.1 s up to ``reconnect_max_backoff_s``.
+        reconnect_attempts: reconnections tried after the provider closes mid-call (1000/1001/
+            1006/1011/1012/1013), with backoff doubling from 0.1 s up to
+            ``reconnect_max_backoff_s``.
         connect_timeout_s: how long to wait for the connection and ``session.created``.
         max_message_bytes: the largest message accepted from the provider.
+        max_audio_delta_ms: an audio delta from the provider holding more audio than this is
+            dropped (and counted), like one that is not base64.
+        history_max_items / history_max_chars: the conversation kept for replay on a reconnect
+            or a handover, in items and in characters of text; the oldest items go first.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -139,6 +145,9 @@ class ProviderConfig(BaseModel):
     transcription_model: str = "gpt-4o-mini-transcribe"
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_audio_delta_ms: int = Field(default=10_000, gt=0)
+    history_max_items: int = Field(default=200, gt=0)
+    history_max_chars: int = Field(default=50_000, gt=0)
 
     @field_validator("provider")
     @classmethod
@@ -185,6 +194,11 @@ class RealtimeSession(abc.ABC):
 
     async def steer(self, frame: SteerFrame) -> None:
         """Change instructions or voice mid-call (default: ignored)."""
+
+    def counters(self) -> dict[str, int]:
+        """What the session counted this call (reconnections, bad input dropped …), by name;
+        the ``realtime_agent`` node logs the non-zero ones when the call ends (default: none)."""
+        return {}
 
     @abc.abstractmethod
     async def close(self) -> None:

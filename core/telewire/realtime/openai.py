@@ -1,10 +1,15 @@
 """The ``openai`` provider: OpenAI Realtime (GA shape) over a WebSocket, G.711 mu-law both ways.
 
 Depends on ``telewire.realtime.base``, ``telewire.frames``, ``telewire.errors``, ``telewire.jsonfast``,
-``websockets`` and ``loguru``. It never imports the ``openai`` package.
+``telewire.envelope`` (its base64 check), ``telewire.settings`` (provider keys), ``websockets`` and
+``loguru``. It never imports the ``openai`` package.
 
 Caller audio goes to the model as ``audio/pcmu`` with the carrier's base64 text untouched; the
-model's ``response.output_audio.delta`` base64 comes back as agent audio frames, untouched.
+model's ``response.output_audio.delta`` base64 comes back as agent audio frames, untouched once it
+has been checked to be base64 (a delta is spliced verbatim into the carrier's envelope, so one that
+is not, such as ``abc"},"event":"clear``, would forge carrier commands; it is dropped and counted).
+Text the provider sends (error messages, close reasons, tool arguments) is escaped before it is
+logged, so it cannot forge log lines.
 Works against api.openai.com, Azure OpenAI's GA endpoint and any GA-compatible server (for example
 :class:`telewire.testing.fake_realtime.FakeRealtimeServer`).
 """
@@ -12,7 +17,7 @@ Works against api.openai.com, Azure OpenAI's GA endpoint and any GA-compatible s
 from __future__ import annotations
 
 import asyncio
-import os
+import collections
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -22,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from telewire import jsonfast
+from telewire.envelope import _is_base64
 from telewire.errors import ConfigError, ProviderError, ProviderProtocolError
 from telewire.frames import (
     AudioFrame,
@@ -37,6 +43,7 @@ from telewire.frames import (
 )
 from telewire.realtime.base import FrameSink, ProviderConfig, RealtimeSession
 from telewire.realtime.wsclient import ModelConnection
+from telewire.settings import ProviderKeys, provider_keys
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -64,9 +71,11 @@ BENIGN_ERROR_CODES = frozenset({
     "conversation_already_has_active_response",
     "input_audio_buffer_commit_empty",
 })
-#: Close codes after which the session reconnects and replays the conversation: going away,
-#: abnormal (no close frame), internal error, service restart, try again later.
-RECONNECT_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+#: Close codes after which the session reconnects and replays the conversation: normal (the
+#: provider has no business ending a live call's session; ``end_call`` is how the model hangs
+#: up), going away, abnormal (no close frame), internal error, service restart, try again later.
+#: Other codes (policy violation 1008, the beta refusal 4000 …) end the call.
+RECONNECT_CLOSE_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013})
 #: Errors that end this provider session but not the call: reconnect and replay.
 _REPLAYABLE_ERROR_CODES = frozenset({"session_expired"})
 #: The only audio format this provider speaks, both ways.
@@ -85,6 +94,14 @@ _AUDIO_DELTA = "response.output_audio.delta"
 #: ``event_id`` of the first ``session.update``: an ``error`` naming it means the provider refused
 #: the mu-law set-up as a whole, and the session cannot go on.
 _SETUP_EVENT_ID = "telewire_session_setup"
+#: Agent items whose received audio is remembered (for truncation at barge-in); older ones are
+#: forgotten, so a provider inventing item ids cannot grow the session without bound.
+_ITEMS_KEPT = 64
+#: A ``response.create`` we sent that has seen no ``response.created`` after this long no longer
+#: holds back the next one.
+_CREATE_WAIT_S = 10.0
+#: At most one log line per this many seconds about each kind of bad provider message.
+_COMPLAINT_INTERVAL_S = 10.0
 
 
 async def _not_started(event: str) -> None:
@@ -137,10 +154,26 @@ class OpenAISession(RealtimeSession):
         self._item_chars: dict[str, int] = {}
         self._agent_items: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: The conversation as replayable ``conversation.item.create`` items, in order.
-        self.history: list[dict[str, Any]] = []
+        self._key = ""  # read once, at start(); reconnects and handovers reuse it
+        # base64 characters of max_audio_delta_ms of mu-law (8 bytes a millisecond)
+        self._max_delta_chars = -(-config.max_audio_delta_ms * 8 // 3) * 4
+        #: The conversation as replayable ``conversation.item.create`` items, in order, capped
+        #: at ``history_max_items`` items and ``history_max_chars`` characters (oldest out first).
+        self.history: collections.deque[dict[str, Any]] = collections.deque()
+        self._history_chars = 0
+        # DTMF answers: when a response.create we sent awaits response.created, and whether a
+        # digit arrived that no response has seen yet (answered once the current one is done).
+        self._create_sent_at: float | None = None
+        self._unanswered = False
+        self._productive = False  # the live connection has produced a response
+        self._barren = 0  # consecutive connections the provider closed before any response
+        self._complaints: dict[str, _Throttle] = {}
         self.reconnects = 0
         self.handovers = 0
+        #: Audio deltas dropped because they were not base64 text, or held too much audio.
+        self.bad_audio_deltas = 0
+        #: Conversation items dropped from :attr:`history` by its caps.
+        self.history_dropped = 0
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "session.updated": self._on_session_updated,
             "response.created": self._on_response_created,
@@ -158,6 +191,12 @@ class OpenAISession(RealtimeSession):
         """``True`` between ``response.created`` and ``response.done``."""
         return self._response_id is not None
 
+    def counters(self) -> dict[str, int]:
+        """Reconnections, handovers, bad audio deltas dropped, history items dropped."""
+        return {"reconnects": self.reconnects, "handovers": self.handovers,
+                "bad_audio_deltas": self.bad_audio_deltas,
+                "history_dropped": self.history_dropped}
+
     async def start(self, start: StartFrame) -> None:
         """Connect, wait for ``session.created``, configure mu-law in and out, start reading.
 
@@ -173,6 +212,7 @@ class OpenAISession(RealtimeSession):
         if not self._bound_log:
             self._log = logger.bind(provider=self.name, carrier=start.carrier,
                                     call_sid=start.call_id, stream_sid=start.stream_id)
+        self._key = self._resolve_key(self._where())
         ws = await self._connect()
         self._attach(ws)
         self._log.info("{}: session open at {} (model {})", self.name, self._where(),
@@ -210,7 +250,7 @@ class OpenAISession(RealtimeSession):
         return self._session_url()[1]
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": "Bearer " + self._api_key(self._where())}
+        return {"Authorization": "Bearer " + (self._key or self._resolve_key(self._where()))}
 
     async def _connect(self, *, replay: bool = False) -> ClientConnection:
         """Open a provider session configured for this call (and replay the conversation)."""
@@ -242,7 +282,7 @@ class OpenAISession(RealtimeSession):
             await ws.send(jsonfast.dumps({"type": "session.update", "event_id": _SETUP_EVENT_ID,
                                           "session": self.session_config()}))
             if replay:
-                for item in self.history:
+                for item in self._replayable():
                     await ws.send(jsonfast.dumps({"type": "conversation.item.create",
                                                   "item": item}))
         except TimeoutError:
@@ -262,6 +302,7 @@ class OpenAISession(RealtimeSession):
         self._ws = ws
         self._send = ws.send
         self._opened_at = time.monotonic()
+        self._productive = False
         self._audio_heard = False if self.handovers or self.reconnects else self._audio_heard
         self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}-reader")
 
@@ -290,7 +331,11 @@ class OpenAISession(RealtimeSession):
     async def _reconnect_now(self, why: str) -> None:
         self._send = self._hold
         self._response_id = None
+        self._create_sent_at = None
         delay = 0.1
+        if self._barren > 1:  # the provider keeps closing at once: do not hammer it
+            await asyncio.sleep(min(0.1 * 2 ** (self._barren - 2),
+                                    self.config.reconnect_max_backoff_s))
         attempts = self.config.reconnect_attempts
         for attempt in range(1, attempts + 1):
             if self._closed:
@@ -299,7 +344,7 @@ class OpenAISession(RealtimeSession):
                 ws = await self._connect(replay=True)
             except (ProviderError, ConfigError) as exc:
                 self._log.warning("{}: reconnect {} of {} failed: {}", self.name, attempt,
-                                  attempts, exc)
+                                  attempts, _clean(str(exc)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max_backoff_s)
                 continue
@@ -356,12 +401,30 @@ class OpenAISession(RealtimeSession):
             pass
 
     async def send_dtmf(self, frame: DTMFFrame) -> None:
-        """Offer a keypad digit to the model as text, and let it answer."""
+        """Offer a keypad digit to the model as text, and let it answer.
+
+        Every digit reaches the conversation, but a burst asks for few answers: no
+        ``response.create`` is sent while one we sent awaits ``response.created`` or while a
+        response is active; digits arriving meanwhile are answered by one ``response.create``
+        once that response is done.
+        """
         item = _message("user", f"[The caller pressed the key {frame.digit}]")
-        self.history.append(item)
+        self._remember(item)
         await self._send_event({"type": "conversation.item.create", "item": item})
-        if self._response_id is None:
-            await self._send_event({"type": "response.create"})
+        if self._response_id is None and not self._create_pending():
+            await self._request_response()
+        else:
+            self._unanswered = True
+
+    def _create_pending(self) -> bool:
+        sent = self._create_sent_at
+        return sent is not None and time.monotonic() - sent < _CREATE_WAIT_S
+
+    async def _request_response(self) -> None:
+        """Send ``response.create``; digits so far are answered by it."""
+        self._create_sent_at = time.monotonic()
+        self._unanswered = False
+        await self._send_event({"type": "response.create"})
 
     async def interrupt(self, frame: InterruptFrame) -> None:
         """Barge-in: cancel the response being spoken and truncate at what the caller heard.
@@ -384,8 +447,11 @@ class OpenAISession(RealtimeSession):
         await self._send_event({"type": "conversation.item.truncate", "item_id": item,
                                 "content_index": 0, "audio_end_ms": end_ms})
         if received_ms > 0:
+            if len(self._agent_items) >= _ITEMS_KEPT:
+                del self._agent_items[next(iter(self._agent_items))]
             self._agent_items[item] = end_ms
-        self._log.info("{}: truncated {} at {} of {:.0f} ms", self.name, item, end_ms, received_ms)
+        self._log.info("{}: truncated {!r} at {} of {:.0f} ms", self.name, item, end_ms,
+                       received_ms)
 
     async def steer(self, frame: SteerFrame) -> None:
         """Change instructions now; change the voice at the next turn boundary.
@@ -456,18 +522,27 @@ class OpenAISession(RealtimeSession):
         port = f":{parts.port}" if parts.port else ""
         return url, f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
-    def _api_key(self, where: str) -> str:
+    #: The standard name of this provider's key (:class:`telewire.settings.ProviderKeys`).
+    key_name = "OPENAI_API_KEY"
+
+    @staticmethod
+    def _settings_key(keys: ProviderKeys) -> str:
+        return keys.openai_api_key.get_secret_value() if keys.openai_api_key else ""
+
+    def _resolve_key(self, where: str) -> str:
+        """The API key: ``rt.config.api_key``, else the provider's key from the environment or
+        ``.env`` (read here, once per session), else a placeholder for a loopback URL."""
         if self.config.api_key is not None:
             key = self.config.api_key.get_secret_value()
             if key:
                 return key
-        key = os.environ.get("OPENAI_API_KEY", "")
+        key = self._settings_key(provider_keys())
         if key:
             return key
         if urlsplit(self.config.url).hostname in _LOOPBACK_HOSTS:
             return _PLACEHOLDER_KEY
-        raise ConfigError(f"rt.config.api_key is not set and OPENAI_API_KEY is not in the "
-                          f"environment; {where} needs an API key")
+        raise ConfigError(f"rt.config.api_key is not set and {self.key_name} is not in the "
+                          f"environment or .env; {where} needs an API key")
 
     async def _await_session_created(self, ws: ClientConnection, where: str) -> None:
         while True:
@@ -491,6 +566,8 @@ class OpenAISession(RealtimeSession):
     async def _read(self, ws: ClientConnection) -> None:
         """One connection's reader: parse each event once and turn it into frames."""
         limit = self.config.max_message_bytes
+        max_delta = self._max_delta_chars
+        is_b64 = _is_base64
         sink = self.sink
         handlers = self._handlers
         dropped = self._dropped
@@ -499,9 +576,9 @@ class OpenAISession(RealtimeSession):
             while True:
                 raw = await ws.recv(decode=False)
                 if len(raw) > limit:
-                    self._log.error("{}: dropped a {}-byte message from the provider "
-                                    "(rt.config.max_message_bytes is {})", self.name, len(raw),
-                                    limit)
+                    self._complain("oversize", "{}: dropped a {}-byte message from the provider "
+                                   "(rt.config.max_message_bytes is {})", self.name, len(raw),
+                                   limit)
                     continue
                 try:
                     event = jsonfast.loads(raw)
@@ -510,8 +587,17 @@ class OpenAISession(RealtimeSession):
                         if dropped and event.get("response_id") in dropped:
                             continue  # a late delta of a response cancelled by barge-in
                         delta = event["delta"]
+                        # Spliced verbatim into the carrier's envelope: it must be base64.
+                        if type(delta) is not str or len(delta) > max_delta or not is_b64(delta):
+                            self._bad_delta(delta)
+                            continue
                         item = event.get("item_id")
-                        chars[item] = chars.get(item, 0) + len(delta)
+                        sent = chars.get(item)
+                        if sent is None:
+                            if len(chars) >= _ITEMS_KEPT:
+                                del chars[next(iter(chars))]
+                            sent = 0
+                        chars[item] = sent + len(delta)
                         self._audio_heard = True
                         await sink(audio_frame(delta, "pcmu", 8000, None, None, "outbound", item))
                         continue
@@ -519,11 +605,11 @@ class OpenAISession(RealtimeSession):
                     if handler is not None:
                         await handler(event)
                 except (jsonfast.JSONDecodeError, UnicodeDecodeError) as exc:
-                    self._log.error("{}: dropped a provider message that is not JSON ({}): {!r}",
-                                    self.name, exc, raw[:120])
+                    self._complain("json", "{}: dropped a provider message that is not JSON "
+                                   "({}): {!r}", self.name, exc, raw[:120])
                 except (KeyError, TypeError, AttributeError) as exc:
-                    self._log.error("{}: dropped a provider event without a usable field "
-                                    "({}): {!r}", self.name, _describe(exc), raw[:200])
+                    self._complain("field", "{}: dropped a provider event without a usable "
+                                   "field ({!r}): {!r}", self.name, _describe(exc), raw[:200])
                 if self._ended or ws is not self._ws:
                     return
         except ConnectionClosed as exc:
@@ -532,9 +618,14 @@ class OpenAISession(RealtimeSession):
             close = exc.rcvd or exc.sent
             code = close.code if close is not None else 1006
             why = f"the provider closed the connection ({_close_text(exc)})"
-            if code in RECONNECT_CLOSE_CODES and self.config.reconnect_attempts > 0:
+            self._barren = 0 if self._productive else self._barren + 1
+            attempts = self.config.reconnect_attempts
+            if code in RECONNECT_CLOSE_CODES and attempts > 0 and self._barren <= attempts:
                 self._log.warning("{}: {}; reconnecting", self.name, why)
                 self._spawn(self._reconnect(why), "reconnect")
+            elif code in RECONNECT_CLOSE_CODES and attempts > 0:
+                await self._end("provider_closed", f"{why}; the last {self._barren} connections "
+                                "closed before any response")
             else:
                 await self._end("provider_closed", why)
         except Exception as exc:  # a bug below us (the sink); the call must not hang silently
@@ -542,12 +633,44 @@ class OpenAISession(RealtimeSession):
             if not self._closed:
                 await self._end("session_error", f"the session reader failed: {_describe(exc)}")
 
+    def _bad_delta(self, delta: Any) -> None:
+        """Count an audio delta that cannot go to the carrier; log it (rate-limited)."""
+        self.bad_audio_deltas += 1
+        if type(delta) is not str:
+            what = f"a {type(delta).__name__}, not base64 text"
+        elif len(delta) > self._max_delta_chars:
+            what = (f"{len(delta)} characters, more than rt.config.max_audio_delta_ms "
+                    f"({self.config.max_audio_delta_ms} ms) of audio")
+        else:
+            what = f"not base64 (length {len(delta)}, starts {delta[:24]!r})"
+        self._complain("delta", "{}: dropped an audio delta from the provider: {} ({} this call)",
+                       self.name, what, self.bad_audio_deltas)
+
+    def _complain(self, kind: str, message: str, *args: Any, level: str = "ERROR") -> None:
+        """Log a bad provider message: at most one line per ``kind`` every
+        ``_COMPLAINT_INTERVAL_S``, saying how many were held back since."""
+        throttle = self._complaints.get(kind)
+        if throttle is None:
+            throttle = self._complaints[kind] = _Throttle(_COMPLAINT_INTERVAL_S)
+        held = throttle.held_back()
+        if held is None:
+            return
+        if held:
+            message += " ({} more like it not logged)"
+            args = (*args, held)
+        self._log.log(level, message, *args)
+
     async def _on_response_created(self, event: dict[str, Any]) -> None:
         self._response_id = event["response"].get("id") or ""
+        # (digits sent since our last response.create stay unanswered: the provider took its
+        # snapshot of the conversation when that create arrived, before them)
+        self._create_sent_at = None
+        self._productive = True
 
     async def _on_response_done(self, event: dict[str, Any]) -> None:
         response = event["response"]
         self._response_id = None
+        self._create_sent_at = None
         self._dropped.discard(response.get("id") or "")
         calls = [o for o in response.get("output") or ()
                  if isinstance(o, dict) and o.get("type") == "function_call"]
@@ -567,6 +690,8 @@ class OpenAISession(RealtimeSession):
             ))
         if calls and response.get("status") == "completed":
             self._spawn(self._run_tools(calls), "tools")
+        elif self._unanswered and not self._ended:  # digits pressed while it spoke
+            await self._request_response()
         if self._pending_voice is not None:
             self._voice, self._pending_voice = self._pending_voice, None
             self._spawn(self._handover(f"voice {self._voice!r}"), "handover")
@@ -580,22 +705,22 @@ class OpenAISession(RealtimeSession):
         for call in calls:
             name, call_id = str(call.get("name", "")), str(call.get("call_id", ""))
             arguments = str(call.get("arguments") or "")
-            self.history.append({"type": "function_call", "call_id": call_id, "name": name,
-                                 "arguments": arguments})
+            self._remember({"type": "function_call", "call_id": call_id, "name": name,
+                            "arguments": arguments})
             if self.tools is None:
                 from telewire.tools import ToolOutcome
 
                 outcome = ToolOutcome('{"error": "no tools are configured"}')
             else:
                 outcome = await self.tools.run(name, arguments)
-            self._log.info("{}: tool {}({}) -> {}", self.name, name, arguments[:200],
+            self._log.info("{}: tool {!r}({!r}) -> {!r}", self.name, name[:80], arguments[:200],
                            outcome.output[:200])
             item = {"type": "function_call_output", "call_id": call_id, "output": outcome.output}
-            self.history.append(item)
+            self._remember(item)
             await self._send_event({"type": "conversation.item.create", "item": item})
             respond = respond or outcome.respond
         if respond and not self._ended:
-            await self._send_event({"type": "response.create"})
+            await self._request_response()
 
     async def _on_speech_started(self, event: dict[str, Any]) -> None:
         if self._response_id is not None and self.config.turn_detection.interrupt_response:
@@ -605,7 +730,7 @@ class OpenAISession(RealtimeSession):
     async def _on_caller_transcript(self, event: dict[str, Any]) -> None:
         text = event["transcript"]
         if text:
-            self.history.append(_message("user", text))
+            self._remember(_message("user", text))
         await self.sink(TranscriptFrame(role="caller", text=text, item_id=event.get("item_id")))
 
     async def _on_agent_transcript(self, event: dict[str, Any]) -> None:
@@ -619,7 +744,7 @@ class OpenAISession(RealtimeSession):
                 words = text.split()
                 text = " ".join(words[: round(len(words) * min(1.0, heard_ms / sent_ms))])
         if text:
-            self.history.append(_message("assistant", text))
+            self._remember(_message("assistant", text))
         await self.sink(TranscriptFrame(role="agent", text=event["transcript"], item_id=item))
 
     async def _on_session_updated(self, event: dict[str, Any]) -> None:
@@ -638,18 +763,45 @@ class OpenAISession(RealtimeSession):
         if event["error"].get("event_id") == _SETUP_EVENT_ID:
             await self._fail(f"the provider refused the session set-up: {code}: {message}")
         elif code in _REPLAYABLE_ERROR_CODES and self.config.reconnect_attempts > 0:
-            self._log.warning("{}: {}: {}; moving to a fresh session", self.name, code, message)
+            self._log.warning("{}: {}: {!r}; moving to a fresh session", self.name, code, message)
             self._spawn(self._handover(code), "handover")
         elif code in FATAL_ERROR_CODES or code in _REPLAYABLE_ERROR_CODES:
-            self._log.error("{}: fatal provider error {}: {}", self.name, code, message)
+            self._log.error("{}: fatal provider error {}: {!r}", self.name, code, message)
             await self._end("provider_error", f"{code}: {message}")
         elif code in BENIGN_ERROR_CODES:
-            self._log.debug("{}: provider error {}: {}", self.name, code, message)
+            if code == "conversation_already_has_active_response" and self._create_sent_at:
+                # our response.create lost a race with one the provider started itself: answer
+                # the digits once that one is done
+                self._create_sent_at = None
+                self._unanswered = True
+            self._log.debug("{}: provider error {}: {!r}", self.name, code, message)
         else:
-            self._log.warning("{}: provider error {}: {} (param {})", self.name, code, message,
-                              event["error"].get("param"))
+            self._complain("error", "{}: provider error {}: {!r} (param {!r})", self.name, code,
+                           message, event["error"].get("param"), level="WARNING")
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _remember(self, item: dict[str, Any]) -> None:
+        """Add ``item`` to the replayable history, dropping the oldest items beyond the caps
+        (an item longer than ``history_max_chars`` on its own is clipped to it)."""
+        max_chars = self.config.history_max_chars
+        size = _text_size(item)
+        if size > max_chars:
+            item, size = _clipped(item, max_chars), max_chars
+        history = self.history
+        history.append(item)
+        self._history_chars += size
+        max_items = self.config.history_max_items
+        while len(history) > max_items or self._history_chars > max_chars:
+            self._history_chars -= _text_size(history.popleft())
+            self.history_dropped += 1
+
+    def _replayable(self) -> list[dict[str, Any]]:
+        """The history to replay: a tool output whose call the caps dropped is left out (the
+        provider refuses an output for a call it does not know)."""
+        calls = {i.get("call_id") for i in self.history if i.get("type") == "function_call"}
+        return [i for i in self.history
+                if i.get("type") != "function_call_output" or i.get("call_id") in calls]
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         try:
@@ -658,7 +810,8 @@ class OpenAISession(RealtimeSession):
             self._log.debug("{}: {} not sent, the connection is closed", self.name, event["type"])
 
     async def _fail(self, detail: str) -> None:
-        """A fatal protocol problem: report it loudly and end the session."""
+        """A fatal protocol problem: report it loudly and end the session. (``detail`` quotes
+        provider text only through :func:`_error_fields` or ``!r``: it is safe to log.)"""
         self._log.error("{}: {}", self.name, detail)
         await self.sink(ErrorFrame(source=self.name, message=detail, fatal=True))
         await self._end("provider_error", detail)
@@ -679,10 +832,15 @@ class AzureSession(OpenAISession):
 
     ``rt.config.url`` is the resource's ``https://RESOURCE.openai.azure.com/openai/v1/realtime``
     (``wss://`` is used), ``rt.config.model`` the deployment name, and the key comes from
-    ``rt.config.api_key`` or ``AZURE_OPENAI_API_KEY``.
+    ``rt.config.api_key`` or ``AZURE_OPENAI_API_KEY`` (environment or ``.env``).
     """
 
     name = "azure"
+    key_name = "AZURE_OPENAI_API_KEY"
+
+    @staticmethod
+    def _settings_key(keys: ProviderKeys) -> str:
+        return keys.azure_openai_api_key.get_secret_value() if keys.azure_openai_api_key else ""
 
     def _session_url(self) -> tuple[str, str]:
         if urlsplit(self.config.url).hostname == "api.openai.com":
@@ -694,15 +852,7 @@ class AzureSession(OpenAISession):
         return super()._session_url_for(url)
 
     def _auth_headers(self) -> dict[str, str]:
-        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
-        key = key or os.environ.get("AZURE_OPENAI_API_KEY", "")
-        if not key:
-            if urlsplit(self.config.url).hostname in _LOOPBACK_HOSTS:
-                key = _PLACEHOLDER_KEY
-            else:
-                raise ConfigError("rt.config.api_key is not set and AZURE_OPENAI_API_KEY is not "
-                                  f"in the environment; {self._where()} needs an API key")
-        return {"api-key": key}
+        return {"api-key": self._key or self._resolve_key(self._where())}
 
 
 def _message(role: str, text: str) -> dict[str, Any]:
@@ -711,16 +861,74 @@ def _message(role: str, text: str) -> dict[str, Any]:
     return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
 
 
+def _text_size(item: dict[str, Any]) -> int:
+    """Characters of text in a history item (what the caps count)."""
+    kind = item.get("type")
+    if kind == "message":
+        return sum(len(part.get("text", "")) for part in item["content"])
+    if kind == "function_call":
+        return len(item["name"]) + len(item["arguments"])
+    return len(item.get("output", ""))
+
+
+def _clipped(item: dict[str, Any], chars: int) -> dict[str, Any]:
+    """A copy of a history item with its text cut to ``chars`` characters in all."""
+    kind = item.get("type")
+    if kind == "message":
+        parts, left = [], chars
+        for part in item["content"]:
+            text = part.get("text", "")[:left]
+            left -= len(text)
+            parts.append({**part, "text": text})
+        return {**item, "content": parts}
+    if kind == "function_call":
+        return {**item, "arguments": item["arguments"][:max(0, chars - len(item["name"]))]}
+    return {**item, "output": item.get("output", "")[:chars]}
+
+
+class _Throttle:
+    """Allows one event per ``interval`` seconds and counts the ones it held back."""
+
+    __slots__ = ("interval", "next_at", "held")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.next_at = 0.0
+        self.held = 0
+
+    def held_back(self) -> int | None:
+        """``None`` when this event must be held back; else how many were held back since the
+        last one allowed."""
+        now = time.monotonic()
+        if now < self.next_at:
+            self.held += 1
+            return None
+        held, self.held = self.held, 0
+        self.next_at = now + self.interval
+        return held
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """Provider (or other wire) text made safe to put in a log line or an end reason: control
+    and other unprintable characters escaped, at most ``limit`` characters."""
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _error_fields(event: dict[str, Any]) -> tuple[str, str]:
+    """``error.code`` (or ``type``) and ``error.message`` of an ``error`` event, cleaned."""
     error = event.get("error") or {}
-    return str(error.get("code") or error.get("type") or "unknown_error"), str(error.get("message", ""))
+    code = error.get("code") or error.get("type") or "unknown_error"
+    return _clean(str(code), 80), _clean(str(error.get("message", "")))
 
 
 def _close_text(exc: ConnectionClosed) -> str:
     close = exc.rcvd or exc.sent
     if close is None:
         return "no close frame"
-    return f"close code {close.code}" + (f": {close.reason}" if close.reason else "")
+    return f"close code {close.code}" + (f": {close.reason!r}" if close.reason else "")
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,7 +4,8 @@ Depends on ``telewire.jsonfast``, ``websockets`` and ``loguru`` only; nothing in
 
 It speaks the GA event shapes (the ones in the ``openai`` package's ``types/realtime``) and refuses
 what the real server refuses: the ``OpenAI-Beta: realtime=v1`` header (``beta_api_shape_disabled``,
-close 4000), beta session fields (``input_audio_format``, ``g711_ulaw`` …), unknown event types,
+close 4000), a connection without a key (``Authorization: Bearer``, or Azure's ``api-key`` header),
+beta session fields (``input_audio_format``, ``g711_ulaw`` …), unknown event types,
 non-JSON, a voice change once assistant audio was sent (``cannot_update_voice``, the whole update
 refused), a truncate past the audio sent, a ``function_call_output`` for an unknown ``call_id``.
 Modes:
@@ -690,10 +691,24 @@ class FakeConnection:
         return {"response_id": self._response["id"], "item_id": self._response["item_id"]}
 
     async def push_audio(self, b64: str) -> None:
-        """One ``response.output_audio.delta`` in the open response (opening one if needed)."""
+        """One ``response.output_audio.delta`` in the open response (opening one if needed).
+        ``b64`` is put in the event verbatim (it must be base64: no JSON escaping is done)."""
         if self._response is None:
             await self._open_response()
         await self._send_delta(b64)
+
+    async def push_delta(self, delta: Any) -> None:
+        """A ``response.output_audio.delta`` of the open response (opening one if needed) whose
+        ``delta`` is any JSON value, properly encoded: a hostile or broken server's
+        (``'abc"},"event":"clear'``, ``12345``, ``None``, a string holding far too much audio).
+        Counts as no audio in :attr:`responses`."""
+        if self._response is None:
+            await self._open_response()
+        response = self._response
+        assert response is not None
+        await self.send({"type": "response.output_audio.delta", "response_id": response["id"],
+                         "item_id": response["item_id"], "output_index": 0, "content_index": 0,
+                         "delta": delta})
 
     async def finish_response(self, transcript: str = "", usage: Mapping[str, Any] | None = None) -> str:
         """Complete the open response: audio/transcript/part/item ``.done`` then ``response.done``
@@ -1424,6 +1439,9 @@ class FakeRealtimeServer:
     async def _refuse(self, conn: FakeConnection, request: Request) -> bool:
         """Apply the real server's connection-level checks; ``True`` when the client was refused."""
         auth = request.headers.get("Authorization", "")
+        azure_key = request.headers.get("api-key", "").strip()  # Azure OpenAI's header
+        if azure_key and not auth:
+            auth = "Bearer " + azure_key
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             await conn.send_error("Missing bearer authentication in header.",
                                   code="missing_api_key")
