@@ -13,20 +13,28 @@ plugin also ships envelope presets for the bridges it was written for, so a grap
 Capabilities depend on the spec, so the plugin declares the broadest set (binary frames allowed,
 marks, clear, DTMF); a spec without marks or clear makes ``telewire_build_mark`` /
 ``telewire_build_clear`` return ``None``, which the core treats as "not supported".
+
+A bridge signs nothing, so the media upgrade is authenticated by a shared secret
+(``TELEWIRE_SIP_BRIDGE_SECRET``, see :mod:`telewire_sip_bridge.auth`); without one the server
+warns at start-up. Ids in the start event are checked by the envelope (safe charset and length,
+and the spec's ``[envelope_spec.ids]`` patterns where it pins them).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
-from telewire.carrier import CallContext, Capabilities
+from telewire.carrier import CallContext, Capabilities, HttpRequest
 from telewire.envelope import CompiledEnvelope
 from telewire.errors import CarrierProtocolError, ConfigError
 from telewire.frames import AudioFrame, Frame, MediaFormat
 from telewire.hookspecs import hookimpl
 
-__all__ = ["CAPABILITIES", "CARRIER", "PRESETS", "PRESET_DIR"]
+from telewire_sip_bridge.auth import verify_secret
+from telewire_sip_bridge.settings import ENV_PREFIX, SipBridgeSettings, load_settings
+
+__all__ = ["CAPABILITIES", "CARRIER", "PRESETS", "PRESET_DIR", "SipBridgeSettings"]
 
 CARRIER = "sip_bridge"
 #: The broadest capabilities: what a particular bridge really has is decided by its envelope
@@ -89,9 +97,30 @@ def telewire_envelope_presets() -> Mapping[str, Path]:
 
 
 @hookimpl
+def telewire_carrier_settings() -> type[SipBridgeSettings]:
+    """The settings model, environment prefix ``TELEWIRE_SIP_BRIDGE_``."""
+    return SipBridgeSettings
+
+
+@hookimpl
 def telewire_carrier_warnings() -> Sequence[str]:
-    """Nothing to warn about here: without the graph this plugin cannot know whether an
-    envelope spec is set; a call without one is refused with a message saying what to set."""
+    """Warn when the media socket is not authenticated (no shared secret), and when the secret
+    may travel in URLs. (Whether an envelope spec is set this plugin cannot know without the
+    graph; a call without one is refused with a message saying what to set.)
+
+    Raises:
+        ConfigError: a setting is invalid (named by its environment variable).
+    """
+    settings = load_settings()
+    if settings.secret is None:
+        return [f"sip_bridge: the media WebSocket is not authenticated: {ENV_PREFIX}SECRET is "
+                "not set, so anyone who can reach /media/sip_bridge can open a call; set it and "
+                "have the bridge send it (Authorization: Bearer …), or restrict the path at the "
+                "network edge"]
+    if settings.query_parameter is not None:
+        return [f"sip_bridge: {ENV_PREFIX}QUERY_PARAMETER is set, so the shared secret may "
+                "arrive in the socket URL, where proxies and the bridge's own logs keep it; "
+                "prefer a header"]
     return []
 
 
@@ -147,3 +176,26 @@ def telewire_hangup(call: CallContext, reason: str) -> str | None:
     """The envelope's hang-up command (chan_websocket ``HANGUP``, jambonz ``disconnect``), or
     ``None`` when its spec has none and closing the socket is the hang-up."""
     return _outbound_envelope(call, "telewire_hangup").hangup(call)
+
+
+# ---------------------------------------------------------------------------------------------
+# control
+# ---------------------------------------------------------------------------------------------
+
+
+@hookimpl
+def telewire_authenticate(
+    request: HttpRequest, purpose: Literal["webhook", "websocket"]
+) -> bool:
+    """Check the shared secret (see :func:`telewire_sip_bridge.auth.verify_secret`).
+
+    Returns:
+        ``True`` when the request carries ``TELEWIRE_SIP_BRIDGE_SECRET``; ``False`` when no
+        secret is configured, so checking is off (the server warns at start-up).
+
+    Raises:
+        AuthenticationError: the secret is missing or wrong, naming the header (and query
+            parameter) looked at and the URL without its query, never the secret.
+        ConfigError: invalid settings.
+    """
+    return verify_secret(request, purpose, load_settings())
