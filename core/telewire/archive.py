@@ -5,7 +5,7 @@ the server's shutdown and the CLI depend on it.
 
 An archive is four files under one key prefix in a store::
 
-    <carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/
+    <carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/<archive id>/
         call.wav          stereo, caller left, agent right, in the call's codec (mu-law: tag 7)
         transcript.json   turns: role, text, start/end ms, interrupted
         events.jsonl      every frame with its media time, audio payloads in wire form
@@ -15,22 +15,28 @@ While a call runs its files are spooled under ``<spool>/<archive id>.partial/`` 
 channels as positional track files, the event log as it happens). At the end the WAV is
 interleaved from the tracks in chunks, the folder is renamed to ``<spool>/<archive id>/``
 (ready) and an :class:`Uploader` uploads it in the background, retrying with backoff until the
-store takes it; only then is the spooled copy deleted. Ready archives left by a previous
-process, and partial ones whose process died, are picked up at the next start or by
-``telewire archive flush``.
+store takes it; only then is the spooled copy deleted. Stores never overwrite, and the key ends
+with the archive's unique id, so no archive replaces another. Ready archives left by a previous
+process, and partial ones whose process died, are picked up when the next server starts (or by
+``telewire archive flush``); the spool's persistent instance id and a ``flock`` per archive,
+not host names or pids, say which are whose (see :class:`Uploader`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import random
 import shutil
 import socket
 import struct
+import threading
 import time
+import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -38,7 +44,7 @@ from typing import IO, Any, Iterator
 from loguru import logger
 
 from telewire.errors import TelewireError
-from telewire.stores import StoreError, open_store, safe_segment
+from telewire.stores import KeyExistsError, StoreError, open_store, safe_segment
 from telewire.timeline import TranscriptBuilder
 
 __all__ = [
@@ -55,6 +61,7 @@ __all__ = [
     "interleave_wav",
     "read_json",
     "read_wav_channel",
+    "spool_instance_id",
     "uploader_for",
     "wav_header",
     "write_json",
@@ -63,8 +70,15 @@ __all__ = [
 WAV, TRANSCRIPT, EVENTS, MANIFEST = "call.wav", "transcript.json", "events.jsonl", "manifest.json"
 #: Upload order: the manifest goes last, so its presence in a store means the archive is whole.
 ARCHIVE_FILES = (WAV, TRANSCRIPT, EVENTS, MANIFEST)
-CALLER_TRACK, AGENT_TRACK, CALL_META, STATUS = "caller.track", "agent.track", "call.json", "status.json"
+CALLER_TRACK, AGENT_TRACK = "caller.track", "agent.track"
+CALL_META, STATUS = "call.json", "status.json"
+#: In each spooled archive: held (``flock``) by the process recording, recovering or uploading it.
+LOCK = "lock"
+#: In the spool folder: the spool's instance id, made once.
+INSTANCE_ID = "instance-id"
 PARTIAL_SUFFIX = ".partial"
+#: Re-keyings of one archive whose key was taken, before it waits in the spool for a person.
+MAX_REKEYS = 3
 
 #: One sample of silence per codec.
 SILENCE = {"pcmu": b"\xff", "pcma": b"\xd5", "l16": b"\x00\x00"}
@@ -226,59 +240,168 @@ def read_wav_channel(path: Path, channel: int, *, start: int = 0,
 # ------------------------------------------------------------------------------------- tracks
 
 
+#: A gap up to this long is filled with silence on the caller's thread (one write); a longer one
+#: is filled by a worker thread, so no single chunk makes the event loop write much.
+SYNC_GAP_BYTES = 1 << 16
+#: Writes queued behind a gap being filled, per track, before further ones are dropped.
+MAX_DEFERRED_WRITES = 4096
+
+_SILENCE_RUNS: dict[bytes, memoryview] = {}
+_FILL_POOL: ThreadPoolExecutor | None = None
+_FILL_POOL_LOCK = threading.Lock()
+
+
+def _silence_run(silence: bytes) -> memoryview:
+    """``SYNC_GAP_BYTES`` of ``silence``, shared by every track of that codec."""
+    run = _SILENCE_RUNS.get(silence)
+    if run is None:
+        run = _SILENCE_RUNS[silence] = memoryview(silence * (SYNC_GAP_BYTES // len(silence)))
+    return run
+
+
+def _fill_pool() -> ThreadPoolExecutor:
+    global _FILL_POOL
+    with _FILL_POOL_LOCK:
+        if _FILL_POOL is None:
+            _FILL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telewire-track")
+        return _FILL_POOL
+
+
 class TrackFile:
     """One channel of a call on disk, written at byte offsets on the call's timeline.
 
     Appending is the common case (one buffered write); a chunk past the end is preceded by
-    silence, written in bounded pieces; a chunk before the end overwrites what is there;
-    :meth:`truncate` drops everything after an offset (agent audio a clear cut).
+    silence; a chunk before the end overwrites what is there; :meth:`truncate` drops everything
+    after an offset (agent audio a clear cut).
+
+    A gap longer than ``SYNC_GAP_BYTES`` is not filled on the calling thread (the event loop):
+    the fill and every write after it go to a worker thread, in order, until it has caught up;
+    then writes are direct again. At most ``MAX_DEFERRED_WRITES`` wait behind a fill; more are
+    dropped and counted in :attr:`dropped`. :attr:`busy` says a fill is in progress: close the
+    track from a thread then (:meth:`close` waits for it).
     """
 
     def __init__(self, path: Path, silence: bytes, buffer_bytes: int = 32768) -> None:
         self.path = path
         self._f: IO[bytes] = path.open("w+b", buffering=buffer_bytes)
-        self._silence = silence * (4096 // len(silence))
+        self._silence = _silence_run(silence)
         self.end = 0
+        self.dropped = 0
+        self.error: OSError | None = None
+        self._pending: deque[tuple[int, bytes | None]] | None = None  # (offset, data|None=cut)
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        """A long gap is being filled by a worker thread."""
+        return self._pending is not None
 
     def write_at(self, offset: int, data: bytes) -> None:
-        f = self._f
+        if self._pending is not None and self._defer(offset, data):
+            return
         if offset == self.end:
-            f.write(data)
+            self._f.write(data)
             self.end += len(data)
             return
+        if offset - self.end > SYNC_GAP_BYTES:
+            self._start_worker(offset, data)
+            return
+        self._write(offset, data)
+
+    def truncate(self, offset: int) -> None:
+        if self._pending is not None and self._defer(offset, None):
+            return
+        self._truncate(offset)
+
+    def _write(self, offset: int, data: bytes) -> None:
+        f = self._f
         if offset > self.end:
             gap = offset - self.end
+            run = self._silence
             while gap > 0:
-                n = min(gap, len(self._silence))
-                f.write(self._silence[:n])
+                n = min(gap, len(run))
+                f.write(run[:n])
                 gap -= n
             f.write(data)
             self.end = offset + len(data)
             return
-        f.seek(offset)
+        if offset < self.end:
+            f.seek(offset)
         f.write(data)
         self.end = max(self.end, offset + len(data))
         f.seek(self.end)
 
-    def truncate(self, offset: int) -> None:
+    def _truncate(self, offset: int) -> None:
         if offset < self.end:
             self._f.truncate(offset)
             self._f.seek(offset)
             self.end = offset
 
+    # -- the worker that fills long gaps, then applies what queued behind them
+
+    def _defer(self, offset: int, data: bytes | None) -> bool:
+        """Queue behind the fill in progress; ``False`` when it has just finished."""
+        with self._lock:
+            pending = self._pending
+            if pending is None:
+                return False
+            if len(pending) >= MAX_DEFERRED_WRITES:
+                self.dropped += 1
+            else:
+                pending.append((offset, data))
+            return True
+
+    def _start_worker(self, offset: int, data: bytes) -> None:
+        self._idle.clear()
+        self._pending = deque([(offset, data)])
+        _fill_pool().submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                pending = self._pending
+                if not pending:
+                    self._pending = None
+                    self._idle.set()
+                    return
+                offset, data = pending.popleft()
+            try:
+                if data is None:
+                    self._truncate(offset)
+                else:
+                    self._write(offset, data)
+            except OSError as exc:
+                self.error = self.error or exc
+
     def close(self) -> None:
+        """Wait for a fill in progress, close the file.
+
+        Raises:
+            OSError: a write failed (in the worker) or closing did.
+        """
+        self._idle.wait()
         self._f.close()
+        if self.error is not None:
+            raise self.error
 
 
 # ------------------------------------------------------------------------------------- layout
 
 
 def archive_key(meta: dict[str, Any]) -> str:
-    """The key prefix of an archive in its store, from its ``call.json`` metadata; every part
-    from the carrier is passed through :func:`~telewire.stores.safe_segment`."""
+    """The key prefix of an archive in its store, from its ``call.json`` metadata:
+    ``<carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/<archive id>``.
+
+    Every part from the carrier is passed through :func:`~telewire.stores.safe_segment`, which
+    maps different ids to one segment (``CA/x``, ``CA_x`` and ``CA?x`` are all ``CA_x``); the
+    last segment, the archive's unique id, keeps two archives apart all the same.
+    """
     day = time.strftime("%Y/%m/%d", time.gmtime(meta.get("started_at", 0)))
     return "/".join([safe_segment(meta.get("carrier", "")), day,
-                     safe_segment(meta.get("call_id", "")), safe_segment(meta.get("stream_id", ""))])
+                     safe_segment(meta.get("call_id", "")), safe_segment(meta.get("stream_id", "")),
+                     safe_segment(meta.get("archive_id", ""), max_len=128)])
 
 
 @dataclass(slots=True)
@@ -360,6 +483,7 @@ def finalize(partial: Path, *, end_reason: str, end_detail: str = "",
         **{k: meta[k] for k in ("archive_id", "carrier", "stream_id", "call_id", "account_id",
                                 "custom_parameters", "media_format", "started_at", "store",
                                 "key")},
+        "instance_id": meta.get("instance_id"),
         "end_reason": end_reason,
         "end_detail": end_detail,
         "duration_ms": round(per_channel / bpm, 1),
@@ -409,10 +533,70 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (made if missing), without waiting: the open file
+    descriptor holding it, or ``None`` when another open file holds it (another process, or
+    another part of this one) or its folder is gone. The kernel drops the lock when its holder
+    dies, so a lock never outlives its process, whatever its pid or host name."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    os.close(fd)  # closing the last descriptor of the open file releases its flock
+
+
+def spool_instance_id(root: Path) -> str:
+    """The instance id of the spool at ``root``: read from ``<root>/instance-id``, which the
+    first process to use the spool creates (``O_CREAT | O_EXCL``, so two starting at once agree
+    on one). It stays with the spool across restarts, new pids and new host names.
+
+    Raises:
+        TelewireError: the file exists but does not hold an id.
+    """
+    path = root / INSTANCE_ID
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(uuid.uuid4().hex + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        logger.info("spool {}: new instance id {}", root, path.read_text().strip())
+    for _ in range(100):  # another process may have created it an instant ago, not yet written
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+        if text:
+            break
+        time.sleep(0.01)
+    if not text or len(text) > 64 or safe_segment(text) != text:
+        raise TelewireError(f"{path}: not a spool instance id ({text[:64]!r}); move the file "
+                            "away to let telewire make a new one")
+    return text
+
+
 class Uploader:
     """The spool of one folder and its background uploads, with retry and backoff.
 
     Use :func:`uploader_for` (one per spool folder per process).
+
+    Ownership: the spool has a persistent instance id (:func:`spool_instance_id`), recorded in
+    every archive it holds. Each spooled archive has a ``lock`` file that whoever records,
+    recovers or uploads it holds with ``flock``: a ``.partial`` archive whose lock nobody holds
+    was left by a process that died (whatever its pid or host name: a restarted container has
+    new ones) and is recovered; a ready archive whose lock is held is being uploaded by another
+    process and is left to it. So two live processes on one spool never upload one archive
+    twice, and a restarted one picks up everything its predecessor left.
 
     Args:
         root: the spool folder.
@@ -431,13 +615,26 @@ class Uploader:
         self._tasks: dict[Path, asyncio.Task[ArchiveRecord | None]] = {}
         self._waiting: set[Path] = set()  # failed at least once, sleeping before the next try
         self._resumed_loops: set[int] = set()
+        self._resuming: set[asyncio.Task[None]] = set()
+        self._held: dict[Path, int] = {}  # partial folder -> the lock its recording holds
+        self._instance_id: str | None = None
+
+    @property
+    def instance_id(self) -> str:
+        """This spool's persistent instance id (made on first use)."""
+        if self._instance_id is None:
+            self._instance_id = spool_instance_id(self.root)
+        return self._instance_id
 
     # -- the call side
 
     def new_partial(self, archive_id: str) -> Path:
-        """Make the spool folder of a starting call."""
+        """Make the spool folder of a starting call, locked while the call records."""
         path = self.root / (archive_id + PARTIAL_SUFFIX)
         path.mkdir(parents=True, exist_ok=False)
+        fd = _try_lock(path / LOCK)
+        if fd is not None:
+            self._held[path] = fd
         self.recording.add(path)
         return path
 
@@ -451,6 +648,9 @@ class Uploader:
                                             counters=counters)
         finally:
             self.recording.discard(partial)
+            fd = self._held.pop(partial, None)
+            if fd is not None:
+                _unlock(fd)
         self.submit(ready)
         return ready
 
@@ -530,16 +730,34 @@ class Uploader:
         self.records.append(record)
 
     async def upload(self, ready: Path) -> ArchiveRecord | None:
-        """Upload one ready archive once; delete it from the spool when every file is stored.
+        """Upload one ready archive once, holding its lock; delete it from the spool when every
+        file is stored.
 
-        Returns ``None`` when the folder is gone (another process uploaded it).
+        Returns ``None`` when the folder is gone (another process uploaded it) or another
+        process holds its lock (it is uploading it now).
+
+        A key that is taken by other content (stores never overwrite) gives the archive a new
+        key (its old one plus a random suffix, noted in the manifest as ``key_conflicts``), up
+        to ``MAX_REKEYS`` times; files already stored under the old key stay there, without a
+        manifest.
 
         Raises:
             StoreError: the store failed; the archive stays in the spool.
         """
+        fd = _try_lock(ready / LOCK)
+        if fd is None:
+            if ready.exists():
+                logger.info("archive {} is being uploaded by another process", ready.name)
+            return None
+        try:
+            return await self._upload_locked(ready)
+        finally:
+            _unlock(fd)
+
+    async def _upload_locked(self, ready: Path) -> ArchiveRecord | None:
         manifest = self._manifest(ready)
         if manifest is None:
-            if not ready.exists():
+            if not ready.exists():  # stored and removed by the process that held the lock
                 return None
             raise StoreError(f"{ready}: no readable {MANIFEST}; left in the spool for a person "
                              "to look at")
@@ -547,15 +765,29 @@ class Uploader:
             store = open_store(manifest["store"])
         except TelewireError as exc:
             raise StoreError(f"archive {ready.name}: {exc}") from None
-        locations = {}
-        for name in ARCHIVE_FILES:
-            path = ready / name
-            if not path.exists():
-                if not ready.exists():
-                    return None
-                raise StoreError(f"{path}: missing from the spooled archive")
-            locations[name] = await store.put_file(f"{manifest['key']}/{name}", path)
-        shutil.rmtree(ready, ignore_errors=True)
+        for rekeys in range(MAX_REKEYS + 1):
+            key = manifest["key"]
+            try:
+                locations = {}
+                for name in ARCHIVE_FILES:
+                    path = ready / name
+                    if not path.exists():
+                        raise StoreError(f"{path}: missing from the spooled archive")
+                    locations[name] = await store.put_file(f"{key}/{name}", path)
+                break
+            except KeyExistsError as exc:
+                if rekeys == MAX_REKEYS:
+                    raise StoreError(f"archive {ready.name}: {exc}; {MAX_REKEYS} new keys were "
+                                     "taken too; left in the spool for a person to look at"
+                                     ) from None
+                manifest["key"] = f"{key}-{uuid.uuid4().hex[:8]}"
+                manifest.setdefault("key_conflicts", []).append(key)
+                write_json(ready / MANIFEST, manifest)
+                logger.warning("archive {}: {}; storing it under the new key {} instead",
+                               ready.name, exc, manifest["key"])
+        done = ready.with_name(f".{ready.name}.stored")
+        os.replace(ready, done)  # gone from the spool at once, for every process
+        shutil.rmtree(done, ignore_errors=True)
         record = ArchiveRecord(manifest["archive_id"], manifest["stream_id"],
                                manifest["call_id"], "stored", locations)
         self._record(record)
@@ -571,7 +803,7 @@ class Uploader:
         if not self.root.is_dir():
             return out
         for path in sorted(self.root.iterdir()):
-            if not path.is_dir():
+            if not path.is_dir() or path.name.startswith("."):
                 continue
             partial = path.name.endswith(PARTIAL_SUFFIX)
             try:
@@ -587,7 +819,10 @@ class Uploader:
                     status = read_json(path / STATUS)
                 except (OSError, ValueError):
                     status = {}
-            size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            try:
+                size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            except OSError:  # uploaded and removed while we looked
+                continue
             out.append(SpoolEntry(path.name.removesuffix(PARTIAL_SUFFIX), path, state,
                                   meta.get("stream_id", ""), meta.get("call_id", ""),
                                   meta.get("store", ""), size, int(status.get("attempts", 0)),
@@ -595,21 +830,33 @@ class Uploader:
         return out
 
     def _orphaned(self, path: Path, meta: dict[str, Any]) -> bool:
+        """A partial archive whose recording process is gone: nobody holds its lock."""
         if path in self.recording:
             return False
-        pid = meta.get("pid")
-        if meta.get("host", socket.gethostname()) != socket.gethostname():
-            return False  # another machine's call on a shared spool: not ours to judge
-        return not isinstance(pid, int) or pid == os.getpid() or not _pid_alive(pid)
+        if not (path / LOCK).exists():  # recorded by a telewire without spool locks
+            pid = meta.get("pid")
+            if meta.get("host", socket.gethostname()) != socket.gethostname():
+                return False
+            return not isinstance(pid, int) or pid == os.getpid() or not _pid_alive(pid)
+        fd = _try_lock(path / LOCK)
+        if fd is None:
+            return False
+        _unlock(fd)
+        return True
 
     async def recover_orphans(self) -> list[Path]:
-        """Finalize the partial archives of calls whose process died; returns the ready folders
-        (not yet uploaded)."""
+        """Finalize the partial archives of calls whose process died (each under its lock, so
+        two processes never both recover one); returns the ready folders (not yet uploaded)."""
         ready = []
         for entry in self.entries():
             if entry.state != "orphaned":
                 continue
+            fd = _try_lock(entry.path / LOCK)
+            if fd is None:
+                continue
             try:
+                if not (entry.path / CALL_META).exists():  # recovered by another process
+                    continue
                 ready.append(await asyncio.to_thread(
                     finalize, entry.path, end_reason="recovered",
                     end_detail="the recording process ended before the call did"))
@@ -617,23 +864,41 @@ class Uploader:
                                entry.stream_id)
             except (OSError, ValueError, KeyError) as exc:
                 logger.error("cannot recover spooled call {}: {}", entry.path, exc)
+            finally:
+                _unlock(fd)
         return ready
 
-    def resume(self) -> None:
-        """Once per event loop: recover orphans and upload every ready archive in the spool
-        (archives a previous process could not store)."""
+    def resume(self, *, force: bool = False) -> asyncio.Task[None] | None:
+        """Recover orphans and upload every ready archive in the spool (archives a previous
+        process could not store), in the background.
+
+        Once per event loop unless ``force`` (a server starting: every start resumes); returns
+        the task, or ``None`` when it had already run on this loop.
+        """
         loop = asyncio.get_running_loop()
-        if id(loop) in self._resumed_loops:
-            return
+        if not force and id(loop) in self._resumed_loops:
+            return None
         self._resumed_loops.add(id(loop))
+        try:
+            instance = self.instance_id
+        except (OSError, TelewireError) as exc:
+            logger.error("spool {} cannot be used: {}", self.root, exc)
+            return None
 
         async def go() -> None:
-            await self.recover_orphans()
-            for entry in self.entries():
-                if entry.state == "ready":
-                    self.submit(entry.path)
+            recovered = await self.recover_orphans()
+            waiting = [e for e in self.entries() if e.state == "ready"]
+            if waiting:
+                logger.info("spool {} (instance {}): resuming {} archive(s) not yet stored "
+                            "({} recovered from a process that died)", self.root, instance,
+                            len(waiting), len(recovered))
+            for entry in waiting:
+                self.submit(entry.path)
 
-        loop.create_task(go(), name=f"archive-resume-{self.root}")
+        task = loop.create_task(go(), name=f"archive-resume-{self.root}")
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+        return task
 
     async def flush(self) -> tuple[list[ArchiveRecord], list[tuple[SpoolEntry, str]]]:
         """Recover orphans, then try every ready archive once, now. Returns what was stored

@@ -7,7 +7,8 @@ timeline shared by both channels, measured in bytes of the call's audio format (
 millisecond for G.711 at 8 kHz):
 
 * :class:`CallerClock` places caller audio by the carrier's media timestamps, or by arrival order
-  when the carrier gives none. Its end is the call's "now".
+  when the carrier gives none; timestamps never run ahead of the wall clock the recorder feeds
+  it (plus a slack). Its end is the call's "now".
 * :class:`AgentPlayout` places agent audio where the carrier plays it: queued after what is
   already queued, never before "now"; a clear (barge-in) cuts everything queued after "now";
   an acknowledged mark that names its item confirms it played and gives the estimate's lag.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["Ack", "AgentPlayout", "CallerClock", "Cut", "TranscriptBuilder", "Turn"]
 
@@ -29,52 +30,102 @@ __all__ = ["Ack", "AgentPlayout", "CallerClock", "Cut", "TranscriptBuilder", "Tu
 class CallerClock:
     """Places caller audio on the timeline and keeps the call's "now".
 
+    The carrier's timestamps are believed only as far as the call's wall-clock time allows: a
+    chunk may not start later than ``elapsed_ms + slack_ms`` (what the caller passes to
+    :meth:`place`), nor further than ``max_gap_ms`` ahead of the current end. A timestamp past
+    either bound (or before the call's start) is *clamped*: the chunk starts at the later of the
+    current end and the wall-clock "now", and the carrier's clock is rebased there, so the chunks
+    after it follow on from it. So timestamps alone can add no more silence than the call's
+    wall-clock time plus ``slack_ms``: the timeline's end is at most that plus the audio
+    actually received.
+
     Args:
         bytes_per_ms: bytes of audio per millisecond (8 for G.711 at 8 kHz).
-        max_gap_ms: a timestamp further than this ahead of the current end is not believed (a
-            carrier bug would otherwise make the recording gigabytes of silence); the chunk is
-            placed in arrival order instead and counted in :attr:`jumps`.
+        max_gap_ms: a timestamp further than this ahead of the current end is not believed.
+        slack_ms: how far ahead of the wall clock a timestamp may run (jitter, the carrier's
+            stream starting a little before the start event reached us).
 
     Attributes:
         end: bytes from the call's start to the end of the latest caller audio.
         frames: caller chunks placed.
         overlaps: chunks whose timestamp fell before the current end (written over what was
             there: a repeated or out-of-order chunk).
-        jumps: chunks whose timestamp was not believed (see ``max_gap_ms``).
+        jumps: chunks whose timestamp was not believed (clamped, see above).
         untimed: chunks without a timestamp (placed in arrival order).
     """
 
-    def __init__(self, bytes_per_ms: float = 8.0, max_gap_ms: int = 600_000) -> None:
+    def __init__(self, bytes_per_ms: float = 8.0, max_gap_ms: int = 600_000,
+                 slack_ms: float = 2000.0, elapsed_ms: Callable[[], float] | None = None) -> None:
         if bytes_per_ms <= 0:
             raise ValueError(f"bytes_per_ms must be positive, not {bytes_per_ms!r}")
         self.bytes_per_ms = bytes_per_ms
         self.max_gap_bytes = int(max_gap_ms * bytes_per_ms)
+        self.slack_ms = slack_ms
         self.end = 0
         self.frames = 0
         self.overlaps = 0
         self.jumps = 0
         self.untimed = 0
+        self._elapsed = elapsed_ms
+        self._shift = 0  # bytes taken off a timestamp's offset since the carrier's clock jumped
 
     @property
     def now_ms(self) -> float:
         """The call's media time: the end of the latest caller audio, in milliseconds."""
         return self.end / self.bytes_per_ms
 
-    def place(self, timestamp_ms: int | float | None, nbytes: int) -> int:
-        """Where a caller chunk of ``nbytes`` goes; returns its byte offset on the timeline."""
+    def place(self, timestamp_ms: int | float | None, nbytes: int,
+              elapsed_ms: float | None = None) -> int:
+        """Where a caller chunk of ``nbytes`` goes; returns its byte offset on the timeline.
+
+        Args:
+            timestamp_ms: the carrier's media timestamp, or ``None`` (arrival order).
+            nbytes: the chunk's length.
+            elapsed_ms: the call's wall-clock time since its start (monotonic). When ``None``,
+                the ``elapsed_ms`` callable given to the constructor is asked, only for a chunk
+                that would leave a gap (the common chunk, which follows on, needs no clock);
+                with neither, only ``max_gap_ms`` bounds the timestamps.
+        """
         self.frames += 1
+        end = self.end
         if timestamp_ms is None:
             self.untimed += 1
-            offset = self.end
+            offset = end
         else:
-            offset = int(round(timestamp_ms * self.bytes_per_ms))
-            if offset < 0 or offset > self.end + self.max_gap_bytes:
-                self.jumps += 1
-                offset = self.end
-            elif offset < self.end:
-                self.overlaps += 1
-        self.end = max(self.end, offset + nbytes)
+            offset = round(timestamp_ms * self.bytes_per_ms) - self._shift
+            if offset > end:  # a gap: believed only as far as the wall clock allows
+                limit = end + self.max_gap_bytes
+                if elapsed_ms is None and self._elapsed is not None:
+                    elapsed_ms = self._elapsed()
+                if elapsed_ms is not None:
+                    wall = int((elapsed_ms + self.slack_ms) * self.bytes_per_ms)
+                    if wall < limit:
+                        limit = wall if wall > end else end
+                if offset > limit:
+                    offset = self._clamp(offset, end, elapsed_ms)
+            elif offset < end:
+                if offset < 0:
+                    offset = self._clamp(offset, end, elapsed_ms)
+                else:
+                    self.overlaps += 1
+        stop = offset + nbytes
+        if stop > end:
+            self.end = stop
         return offset
+
+    def _clamp(self, offset: int, end: int, elapsed_ms: float | None) -> int:
+        """A timestamp not believed: the chunk goes at the later of the end and the wall-clock
+        now (within ``max_gap_ms``), and the carrier's clock is rebased there."""
+        self.jumps += 1
+        placed = end
+        if elapsed_ms is None and self._elapsed is not None:
+            elapsed_ms = self._elapsed()
+        if elapsed_ms is not None:
+            now = int(elapsed_ms * self.bytes_per_ms)
+            if now > end:
+                placed = min(now, end + self.max_gap_bytes)
+        self._shift += offset - placed
+        return placed
 
 
 @dataclass(frozen=True, slots=True)

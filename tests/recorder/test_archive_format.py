@@ -67,6 +67,58 @@ def test_track_file_fills_gaps_with_silence_overwrites_and_truncates(tmp_path):
                                              + b"\xff\xff\x04")
 
 
+def test_a_long_gap_is_filled_off_the_calling_thread_and_order_is_kept(tmp_path, monkeypatch):
+    import threading
+
+    from telewire import archive
+
+    fill_threads = set()
+    real_write = TrackFile._write
+
+    def watched(self, offset, data):
+        fill_threads.add(threading.current_thread().name)
+        return real_write(self, offset, data)
+
+    monkeypatch.setattr(TrackFile, "_write", watched)
+    release = threading.Event()
+    real_drain = TrackFile._drain
+    monkeypatch.setattr(TrackFile, "_drain", lambda self: (release.wait(5), real_drain(self)))
+    t = TrackFile(tmp_path / "t", b"\xff", buffer_bytes=4096)
+    t.write_at(0, b"\x01" * 160)
+    gap = archive.SYNC_GAP_BYTES * 20
+    t.write_at(160 + gap, b"\x02" * 160)  # 10 s of silence first: handed to a worker
+    assert t.busy
+    t.write_at(320 + gap, b"\x03" * 160)  # queued behind it, in order
+    t.write_at(100, b"\x04" * 10)  # a late chunk, before the end
+    t.truncate(400 + gap)
+    release.set()
+    t.close()  # waits for the worker
+    assert not t.busy and t.dropped == 0
+    assert fill_threads and all(n.startswith("telewire-track") for n in fill_threads)
+    data = (tmp_path / "t").read_bytes()
+    assert data == (b"\x01" * 100 + b"\x04" * 10 + b"\x01" * 50 + b"\xff" * gap
+                    + b"\x02" * 160 + b"\x03" * 80)
+
+
+def test_writes_behind_a_long_fill_are_bounded(tmp_path, monkeypatch):
+    import threading
+
+    from telewire import archive
+
+    release = threading.Event()
+    real_drain = TrackFile._drain
+    monkeypatch.setattr(TrackFile, "_drain", lambda self: (release.wait(5), real_drain(self)))
+    monkeypatch.setattr(archive, "MAX_DEFERRED_WRITES", 10)
+    t = TrackFile(tmp_path / "t", b"\xff")
+    t.write_at(archive.SYNC_GAP_BYTES * 2, b"\x01")
+    for i in range(1, 30):
+        t.write_at(archive.SYNC_GAP_BYTES * 2 + i, b"\x01")
+    release.set()
+    t.close()
+    assert t.dropped == 20
+    assert (tmp_path / "t").stat().st_size == archive.SYNC_GAP_BYTES * 2 + 10
+
+
 def test_a_single_channel_of_the_archive_wav_is_readable_by_telewire(tmp_path):
     left, right = tmp_path / "l", tmp_path / "r"
     left.write_bytes(b"\x10" * 8)

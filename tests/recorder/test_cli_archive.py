@@ -68,9 +68,9 @@ async def test_sigterm_flushes_an_archive_in_flight_to_the_store(tmp_path):
         log = serve.stop()
     assert serve.proc.returncode == 0, log
     (wav,) = store.rglob("call.wav")
-    assert wav.parent.name == result.stream_sid
+    assert wav.parent.parent.name == result.stream_sid  # .../<stream id>/<archive id>/call.wav
     assert read_wav_channel(wav, 0)[:len(AUDIO)] == AUDIO
-    assert not any(spool.iterdir())
+    assert [p.name for p in spool.iterdir()] == ["instance-id"]  # no archive left
 
 
 async def test_replay_against_echo_reproduces_the_caller_channel(tmp_path):

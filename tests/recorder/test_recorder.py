@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from telewire.errors import GraphError
 from telewire.testing.simulator import CallSimulator
 
 AUDIO = bytes(range(256)) * 25  # 800 ms, every byte value
+#: fast-forwarded calls send far more than the 50 media messages a second of a real one
+FAST = "tel_in.config.max_messages_per_s=100000"
 
 
 def url(srv) -> str:
@@ -29,7 +32,7 @@ def stored(stream_sid: str) -> dict[str, Path]:
 
 
 async def test_sixty_second_call_caller_channel_is_byte_identical_and_length_matches(rec_server):
-    srv = await rec_server()
+    srv = await rec_server(FAST)
     audio = bytes((i * 7 + i // 160) & 0xFF for i in range(60 * 8000))  # 60 s of mu-law
     result = await CallSimulator(url(srv), pace=10, expect_echo=True).run(audio)
     assert result.received_audio == audio
@@ -82,7 +85,7 @@ async def test_call_dropped_without_stop_is_archived(rec_server):
 
 async def test_dtmf_interrupt_cuts_the_agent_channel_where_the_clear_went(rec_server):
     srv = await rec_server()
-    sid = "MZcut"
+    sid = "MZ" + "c" * 32
 
     def media(i: int, byte: int) -> str:
         return json.dumps({"event": "media", "streamSid": sid, "media": {
@@ -91,7 +94,8 @@ async def test_dtmf_interrupt_cuts_the_agent_channel_where_the_clear_went(rec_se
     async with connect(url(srv)) as ws:
         await ws.send(json.dumps({
             "event": "start", "streamSid": sid, "start": {
-                "streamSid": sid, "callSid": "CAcut", "tracks": ["inbound"],
+                "streamSid": sid, "callSid": "CA" + "c" * 32, "accountSid": "AC" + "0" * 32,
+                "tracks": ["inbound"],
                 "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw",
                                                         "sampleRate": 8000, "channels": 1}}}))
         for i in range(5):
@@ -127,19 +131,87 @@ async def test_dtmf_interrupt_cuts_the_agent_channel_where_the_clear_went(rec_se
     assert manifest["counters"]["agent_cuts"] == 1
 
 
-async def test_hostile_ids_never_leave_the_store_folder(rec_server, dirs):
+async def test_hostile_ids_are_refused_before_anything_is_recorded(rec_server, dirs):
     srv = await rec_server()
-    sim = CallSimulator(url(srv), pace=0, expect_echo=True, stream_sid="../../../escape",
-                        call_sid="..\\..//x\x00")
-    result = await sim.run(AUDIO[:1600])
+    sim = CallSimulator(url(srv), pace=0, expect_echo=False, stream_sid="../../../escape",
+                        call_sid="..\\..//x\x00", drain_s=0.2)
+    try:
+        await sim.run(AUDIO[:1600])
+    except Exception:  # the carrier refuses the start event and closes the socket
+        pass
     await srv.stop(drain_timeout_s=5)
-    files = stored(result.stream_sid)
-    store = dirs[0].resolve()
-    for path in files.values():
-        assert path.resolve().is_relative_to(store), path
+    assert find_archive("../../../escape") is None
+    assert not dirs[0].exists() or not any(dirs[0].rglob("*"))
     assert not (dirs[0].parent / "escape").exists()
-    assert sorted(p.name for p in files["call.wav"].parent.iterdir()) == [
-        "call.wav", "events.jsonl", "manifest.json", "transcript.json"]
+    assert not any(p.name.endswith(".partial") for p in dirs[1].glob("*"))
+
+
+async def test_the_same_ids_twice_make_two_archives_side_by_side(rec_server, dirs):
+    """A carrier retry (or a replayed start) reusing a call's ids gets its own archive: the
+    key ends with the archive's unique id."""
+    srv = await rec_server()
+    ids = {"stream_sid": "MZ" + "1" * 32, "call_sid": "CA" + "1" * 32}
+    first = await CallSimulator(url(srv), pace=0, expect_echo=True, **ids).run(AUDIO)
+    second = await CallSimulator(url(srv), pace=0, expect_echo=True, **ids).run(AUDIO[::-1])
+    await srv.stop(drain_timeout_s=5)
+    assert first.stream_sid == second.stream_sid
+    wavs = sorted(dirs[0].rglob("call.wav"))
+    assert len(wavs) == 2 and wavs[0].parent != wavs[1].parent
+    assert {w.parent.parent.name for w in wavs} == {ids["stream_sid"]}
+    callers = {read_wav_channel(w, 0)[:len(AUDIO)] for w in wavs}
+    assert callers == {AUDIO, AUDIO[::-1]}
+    for wav in wavs:
+        manifest = json.loads((wav.parent / "manifest.json").read_text())
+        assert manifest["key"].endswith("/" + manifest["archive_id"])
+        assert wav.parent.name == manifest["archive_id"]
+
+
+async def test_timestamps_599_s_apart_leave_a_recording_no_longer_than_the_call(rec_server,
+                                                                              log_lines):
+    """30 media messages stamped 599 s apart (nine hours of timeline, 278 MB of silence when
+    they were believed) beside an honest call: the recording is about as long as the call was,
+    and the other call's audio all comes back and is archived."""
+    srv = await rec_server()
+    sid, cid = "MZ" + "e" * 32, "CA" + "e" * 32
+    honest = asyncio.ensure_future(
+        CallSimulator(url(srv), pace=1, expect_echo=True).run(AUDIO * 2))  # 1.6 s, real time
+
+    def media(i: int) -> str:
+        return json.dumps({"event": "media", "streamSid": sid, "media": {
+            "timestamp": str(i * 599_000), "payload": base64.b64encode(bytes([i]) * 160).decode()}})
+
+    t0 = time.monotonic()
+    async with connect(url(srv), max_queue=None) as ws:  # unread echoes never stall the close
+        await ws.send(json.dumps({
+            "event": "start", "streamSid": sid, "start": {
+                "streamSid": sid, "callSid": cid, "accountSid": "AC" + "0" * 32,
+                "tracks": ["inbound"], "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+        for i in range(30):
+            await ws.send(media(i))
+        await asyncio.sleep(0.2)
+        await ws.send(json.dumps({"event": "stop", "streamSid": sid, "stop": {}}))
+    for _ in range(500):
+        if find_archive(sid) is not None:
+            break
+        await asyncio.sleep(0.02)
+    wall_s = time.monotonic() - t0
+    result = await honest
+    await srv.stop(drain_timeout_s=5)
+    files = stored(sid)
+    info = wav_info(files["call.wav"])
+    assert info.data_len / 2 / 8000 <= wall_s + 10, (info.data_len, wall_s)
+    assert files["call.wav"].stat().st_size < 1_000_000
+    manifest = json.loads(files["manifest.json"].read_text())
+    assert manifest["counters"]["caller_jumps"] == 29
+    caller = read_wav_channel(files["call.wav"], 0)
+    assert [b for b in caller if b != 0xFF] == [b for i in range(30) for b in bytes([i]) * 160
+                                                if b != 0xFF]  # every chunk, in order
+    clamped = [line for line in log_lines if "not believed" in line]
+    assert len(clamped) == 1 and clamped[0].startswith("WARNING")  # once, not 29 times
+    assert result.received_audio == AUDIO * 2  # the other call kept flowing ...
+    honest_wav = stored(result.stream_sid)["call.wav"]  # ... and its recorder finished
+    assert read_wav_channel(honest_wav, 0)[:len(AUDIO) * 2] == AUDIO * 2
 
 
 def test_unknown_store_scheme_fails_when_the_graph_loads(tmp_path):

@@ -22,12 +22,22 @@ def test_safe_segment_never_yields_a_path_step(value):
     check_key(seg)
 
 
-def test_archive_key_from_hostile_ids_stays_four_plain_levels_deep():
+def test_archive_key_from_hostile_ids_stays_seven_plain_levels_deep():
     key = archive_key({"carrier": "../x", "call_id": "../../../etc", "stream_id": "a/../../b",
-                       "started_at": 0})
+                       "archive_id": "../..", "started_at": 0})
     parts = key.split("/")
-    assert len(parts) == 6 and parts[1:4] == ["1970", "01", "01"]
+    assert len(parts) == 7 and parts[1:4] == ["1970", "01", "01"]
     assert all(p not in ("", ".", "..") for p in parts)
+
+
+def test_ids_that_sanitise_alike_still_get_keys_of_their_own():
+    metas = [{"carrier": "twilio", "call_id": cid, "stream_id": "MZ1", "started_at": 0,
+              "archive_id": f"19700101T000000Z-MZ1-{n:016x}"}
+             for n, cid in enumerate(["CA/x", "CA_x", "CA?x"])]
+    assert {safe_segment(m["call_id"]) for m in metas} == {"CA_x"}
+    keys = [archive_key(m) for m in metas]
+    assert len(set(keys)) == 3
+    assert all(k.rsplit("/", 1)[1] == m["archive_id"] for k, m in zip(keys, metas))
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../../x", "a//b", "./a", ""])

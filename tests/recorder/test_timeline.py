@@ -118,3 +118,37 @@ def test_event_log_records_rebuild_the_same_turns():
     ]:
         replayed.feed_event(event)
     assert [x.as_dict() for x in live.turns()] == [x.as_dict() for x in replayed.turns()]
+
+
+def test_timestamps_never_run_ahead_of_the_wall_clock_plus_slack():
+    clock = CallerClock(8, slack_ms=2000)
+    at = [clock.place(i * 599_000, 160, elapsed_ms=i * 1.0) for i in range(30)]
+    assert at[0] == 0 and clock.jumps == 29
+    assert clock.end <= (29 + 2000) * 8 + 30 * 160  # wall clock + slack + what was received
+    assert at == sorted(at)  # each placed at the later of the end and the wall-clock now
+
+
+def test_a_clamped_clock_is_rebased_so_the_chunks_after_it_follow_on():
+    clock = CallerClock(8, slack_ms=2000)
+    clock.place(0, 160, elapsed_ms=0)
+    assert clock.place(3_600_000, 160, elapsed_ms=20) == 160  # an hour ahead: not believed
+    assert [clock.place(3_600_000 + 20 * i, 160, elapsed_ms=20 + 20 * i)
+            for i in range(1, 4)] == [320, 480, 640]
+    assert clock.jumps == 1 and clock.overlaps == 0
+
+
+def test_a_gap_the_wall_clock_agrees_with_is_believed():
+    clock = CallerClock(8, slack_ms=2000)
+    clock.place(0, 160, elapsed_ms=0)
+    assert clock.place(30_000, 160, elapsed_ms=29_990) == 240_000  # 30 s on hold, for real
+    assert clock.place(31_500, 160, elapsed_ms=30_000) == 252_000  # 1.5 s ahead: within slack
+    assert clock.place(40_000, 160, elapsed_ms=30_010) == 252_160  # 10 s ahead: clamped
+    assert clock.jumps == 1
+    assert clock.place(40_020, 160, elapsed_ms=30_030) == 252_320  # and followed on from there
+
+
+def test_fast_forwarded_audio_is_never_clamped():
+    clock = CallerClock(8, slack_ms=0)
+    assert [clock.place(20 * i, 160, elapsed_ms=0.0) for i in range(500)] == [
+        160 * i for i in range(500)]
+    assert clock.jumps == 0 and clock.end == 500 * 160

@@ -5,16 +5,21 @@ and ``telewire.stores``.
 
 It has no ports: it observes every frame leaving every port of the graph (``observes_all``).
 Caller audio (frames leaving a ``carrier_in`` node's ``audio`` port) is written to the left
-track at the carrier's timestamps; agent audio (frames on any port wired to a ``carrier_out``
-node's ``audio_in``) to the right track where :class:`~telewire.timeline.AgentPlayout` says the
-carrier played it; interrupts wired to ``carrier_out.interrupt_in`` cut it; ``played`` marks
-confirm it. Everything is also appended to the event log as it happens. Memory per call is a few
-write buffers, whatever the call's length; on ``EndFrame`` the archive is assembled on disk and
-uploaded in the background by the spool's :class:`~telewire.archive.Uploader`.
+track at the carrier's timestamps, as far as the call's wall-clock time allows (see
+:class:`~telewire.timeline.CallerClock`); agent audio (frames on any port wired to a
+``carrier_out`` node's ``audio_in``) to the right track where
+:class:`~telewire.timeline.AgentPlayout` says the carrier played it; interrupts wired to
+``carrier_out.interrupt_in`` cut it; ``played`` marks confirm it. Everything is also appended
+to the event log as it happens. Memory per call is a few write buffers, whatever the call's
+length; long silences are written by a worker thread, never on the event loop; on ``EndFrame``
+the archive is assembled on disk and uploaded in the background by the spool's
+:class:`~telewire.archive.Uploader`, which a starting server also resumes
+(:meth:`Recorder.on_server_start`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -22,6 +27,7 @@ import time
 import uuid
 from dataclasses import fields
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import IO, Any, ClassVar, Mapping
 
 from pydantic import Field, field_validator
@@ -38,7 +44,7 @@ from telewire.archive import (
     archive_key,
     uploader_for,
 )
-from telewire.errors import ConfigError
+from telewire.errors import ConfigError, TelewireError
 from telewire.frames import (
     AudioFrame,
     EndFrame,
@@ -69,6 +75,9 @@ class RecorderConfig(NodeConfig):
         events: write the event log (``events.jsonl``); off leaves the WAV and transcript.
         max_gap_ms: a caller timestamp further ahead than this is not believed and the audio is
             placed in arrival order (a broken clock would otherwise mean gigabytes of silence).
+        clock_slack_ms: how far a caller timestamp may run ahead of the call's wall-clock time
+            (monotonic, since the start event); one further ahead is clamped to the wall clock,
+            so timestamps can never make a recording longer than the call plus this.
         buffer_bytes: write buffer of each spool file (three per call).
         retry_initial_s: first wait before retrying a failed upload; doubles each time.
         retry_max_s: longest wait between upload retries.
@@ -78,6 +87,7 @@ class RecorderConfig(NodeConfig):
     spool_dir: str = "./telewire-spool"
     events: bool = True
     max_gap_ms: int = Field(default=600_000, gt=0)
+    clock_slack_ms: int = Field(default=2000, ge=0)
     buffer_bytes: int = Field(default=32_768, ge=4096)
     retry_initial_s: float = Field(default=1.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
@@ -150,6 +160,9 @@ class Recorder(Node):
         self._seq = 0
         self._json_cache: dict[str | None, str] = {}
         self._line_parts: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+        self._t0 = 0.0
+        self._jumps_logged = 0
+        self._jump_log_at = 0.0
 
     @staticmethod
     def _classify(call: Any) -> tuple[set[tuple[str, str]], set[tuple[str, str]],
@@ -172,6 +185,15 @@ class Recorder(Node):
         played = {(n, "played") for n in outs}
         return caller, agent, clear, played
 
+    # --------------------------------------------------------------------------- server
+
+    @classmethod
+    async def on_server_start(cls, name: str, config: RecorderConfig) -> None:
+        """The server is starting: recover the partial archives of processes that died and
+        upload every archive waiting in the spool, now rather than at the first call."""
+        uploader_for(config.spool_dir, retry_initial_s=config.retry_initial_s,
+                     retry_max_s=config.retry_max_s).resume(force=True)
+
     # --------------------------------------------------------------------------- start
 
     async def on_call_start(self, frame: StartFrame) -> None:
@@ -182,9 +204,10 @@ class Recorder(Node):
         self._bpm = bytes_per_ms(fmt.codec, fmt.sample_rate)
         self._bpm_int = int(self._bpm) if self._bpm == int(self._bpm) else 0
         started = time.time()
+        self._t0 = time.monotonic()
         self.archive_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-"
                            + safe_segment(frame.stream_id, max_len=64) + "-"
-                           + uuid.uuid4().hex[:6])
+                           + uuid.uuid4().hex[:16])
         self.partial = self.uploader.new_partial(self.archive_id)
         meta = {
             "archive_id": self.archive_id, "carrier": frame.carrier,
@@ -193,7 +216,8 @@ class Recorder(Node):
             "custom_parameters": dict(frame.custom_parameters),
             "media_format": _jsonable(fmt), "tracks": list(frame.tracks),
             "started_at": started, "store": cfg.store, "pid": os.getpid(),
-            "host": socket.gethostname(), "recorder": self.name,
+            "host": socket.gethostname(), "instance_id": self._instance_id(),
+            "recorder": self.name,
         }
         meta["key"] = archive_key(meta)
         write_json(self.partial / CALL_META, meta)
@@ -203,13 +227,22 @@ class Recorder(Node):
         if cfg.events:
             self._events = (self.partial / EVENTS).open("w", encoding="utf-8",
                                                         buffering=cfg.buffer_bytes)
-        self.clock = CallerClock(self._bpm, cfg.max_gap_ms)
+        self.clock = CallerClock(self._bpm, cfg.max_gap_ms, cfg.clock_slack_ms,
+                                 self._elapsed_ms)
         self.playout = AgentPlayout()
         self.turns = TranscriptBuilder()
         self.not_in_wav = 0
         self.frames_seen = 0
         self._open = True
         self._write({"t": 0.0, "src": "call.start", **frame_record(frame)})
+
+    def _instance_id(self) -> str | None:
+        try:
+            return self.uploader.instance_id
+        except (OSError, TelewireError) as exc:  # the call records all the same
+            self.call.log.error("recorder: spool {} has no usable instance id: {}",
+                                self.uploader.root, exc)
+            return None
 
     # --------------------------------------------------------------------------- frames
 
@@ -258,8 +291,11 @@ class Recorder(Node):
             channel = "caller"
             if same_format:
                 data = frame.data
-                at = self.clock.place(frame.timestamp_ms, len(data))
+                clock = self.clock
+                at = clock.place(frame.timestamp_ms, len(data))
                 self._caller.write_at(at, data)
+                if clock.jumps != self._jumps_logged:
+                    self._log_jump(frame.timestamp_ms, at)
         elif key in self._agent_ports:
             channel = "agent"
             if same_format:
@@ -285,6 +321,25 @@ class Recorder(Node):
         self._events.write(
             f'{{"t":{ms(now)}{head}{frame.b64}{mid}{_num(frame.timestamp_ms)},"sequence":'
             f'{_num(frame.sequence)}{tail}{extra},"seq":{self._seq}}}\n')
+
+    def _elapsed_ms(self) -> float:
+        """The call's wall-clock time (monotonic) since its start event, for the caller clock."""
+        return (_monotonic() - self._t0) * 1000.0
+
+    def _log_jump(self, timestamp_ms: int | None, at: int) -> None:
+        """A caller timestamp was clamped: say so once, then at most every 10 s (with how many
+        since), so a carrier sending nonsense cannot flood the log."""
+        now = _monotonic()
+        if self._jumps_logged and now - self._jump_log_at < 10.0:
+            return
+        since = self.clock.jumps - self._jumps_logged
+        self._jumps_logged, self._jump_log_at = self.clock.jumps, now
+        self.call.log.warning(
+            "recorder: caller timestamp {} ms not believed ({} in all, {} since the last "
+            "report): runs ahead of the call's {:.0f} ms of wall-clock time by more than "
+            "{} ms, or jumps more than max_gap_ms; placed at {:.0f} ms", timestamp_ms,
+            self.clock.jumps, since, (now - self._t0) * 1000.0, self.config.clock_slack_ms,
+            at / self._bpm)
 
     def _audio_line_parts(self, key: tuple[str, str], channel: str | None, codec: str, rate: int,
                           track: str, item_id: str | None) -> tuple[str, str, str]:
@@ -327,13 +382,10 @@ class Recorder(Node):
         try:
             self._write({"t": t, "src": "call.end", **frame_record(frame)})
         finally:
-            for closer in (self._caller.close, self._agent.close,
-                           self._events.close if self._events is not None else None):
-                if closer is not None:
-                    try:
-                        closer()
-                    except OSError as exc:
-                        self.call.log.error("recorder: closing a spool file failed: {}", exc)
+            if self._caller.busy or self._agent.busy:  # a long gap still being filled
+                await asyncio.to_thread(self._close_files)
+            else:
+                self._close_files()
         counters = {
             "frames_seen": self.frames_seen,
             "caller_frames": self.clock.frames, "caller_overlaps": self.clock.overlaps,
@@ -342,6 +394,7 @@ class Recorder(Node):
             "agent_cut_ms": round(self.playout.cut_bytes / self._bpm, 1),
             "marks_acknowledged": self.playout.acks,
             "frames_not_in_wav": self.not_in_wav,
+            "frames_dropped": self._caller.dropped + self._agent.dropped,
         }
         try:
             self.ready = await self.uploader.complete(
@@ -350,6 +403,17 @@ class Recorder(Node):
         except Exception as exc:  # the spool keeps the partial: the next start recovers it
             self.call.log.exception("recorder: could not assemble the archive in {}: {}",
                                     self.partial, exc)
+
+
+    def _close_files(self) -> None:
+        for closer in (self._caller.close, self._agent.close,
+                       self._events.close if self._events is not None else None):
+            if closer is not None:
+                try:
+                    closer()
+                except OSError as exc:
+                    self.call.log.error("recorder: writing or closing a spool file failed: {}",
+                                        exc)
 
 
 def _num(value: int | None) -> str:
