@@ -177,6 +177,12 @@ class TelewireServer:
                                                  self.settings.admin_port)
             logger.info("operator API on http://{}:{}/api/ only", self.settings.admin_host,
                         self.admin_port)
+        # Recordings: resume what the spool holds (archives not yet stored, partial ones of a
+        # process that died) now, not at the first call. Node types opt in with an async
+        # classmethod ``on_server_start(name, config)``; the recorder's starts the uploads.
+        for node_name, spec in self.graph.nodes.items():
+            if hasattr(spec.cls, "on_server_start"):
+                await spec.cls.on_server_start(node_name, spec.config)
         self._sweeper = asyncio.ensure_future(self._sweep())
         logger.info("telewire listening on http://{}:{} (carriers: {})", self.settings.host,
                     self.port, ", ".join(self.carrier_names()) or "none")
