@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 
@@ -30,15 +31,25 @@ def url(srv: TelewireServer) -> str:
     return f"ws://127.0.0.1:{srv.port}/media/twilio"
 
 
-def start_msg(sid: str = "MZ1") -> str:
+def twilio_sid(prefix: str, name: str) -> str:
+    """A Twilio-shaped SID (``prefix`` + 32 hex digits), the same for the same ``name``: Twilio's
+    plugin refuses a start whose ids are not."""
+    return prefix + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+STREAM = twilio_sid("MZ", "1")
+
+
+def start_msg(sid: str = STREAM) -> str:
     return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": sid,
-                       "start": {"streamSid": sid, "callSid": "CA" + sid, "accountSid": "AC1",
+                       "start": {"streamSid": sid, "callSid": "CA" + sid[2:],
+                                 "accountSid": "AC" + "0" * 32,
                                  "tracks": ["inbound"], "customParameters": {},
                                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                                  "channels": 1}}})
 
 
-def media_msg(payload: bytes, sid: str = "MZ1") -> str:
+def media_msg(payload: bytes, sid: str = STREAM) -> str:
     return json.dumps({"event": "media", "streamSid": sid,
                        "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
                                  "payload": base64.b64encode(payload).decode()}})
@@ -63,10 +74,11 @@ async def test_echo_call_is_byte_identical_and_in_order(server):
 
 BAD_INPUTS = [
     ("not json", "not JSON"),
-    ('{"event":"bogus","streamSid":"MZ1"}', "unknown event 'bogus'"),
-    ('{"event":"media","streamSid":"MZ1","media":{}}', "missing field 'media.payload'"),
-    ('{"event":"media","streamSid":"MZ1","media":{"payload":"%%%%"}}', "'media.payload' is not valid base64"),
-    ('{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"X"}}', "DTMF digit"),
+    ('{"event":"bogus","streamSid":"' + STREAM + '"}', "unknown event 'bogus'"),
+    ('{"event":"media","streamSid":"' + STREAM + '","media":{}}', "missing field 'media.payload'"),
+    ('{"event":"media","streamSid":"' + STREAM + '","media":{"payload":"%%%%"}}',
+     "'media.payload' is not valid base64"),
+    ('{"event":"dtmf","streamSid":"' + STREAM + '","dtmf":{"digit":"X"}}', "DTMF digit"),
     ("x" * (1024 * 1024), "message of 1048576 bytes exceeds the limit of 65536 bytes"),
 ]
 
@@ -129,8 +141,8 @@ async def test_message_over_the_hard_limit_closes_that_socket_only(server):
 async def test_socket_dropped_without_stop_ends_the_call(server, log_lines):
     srv = await server()
     ws = await connect(url(srv))
-    await ws.send(start_msg("MZdrop"))
-    await ws.send(media_msg(b"\x01" * 160, "MZdrop"))
+    await ws.send(start_msg(twilio_sid("MZ", "drop")))
+    await ws.send(media_msg(b"\x01" * 160, twilio_sid("MZ", "drop")))
     await asyncio.wait_for(ws.recv(), 5)
     ws.transport.abort()
     for _ in range(100):
