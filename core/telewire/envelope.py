@@ -840,8 +840,8 @@ class CompiledEnvelope:
             if found is None:
                 path = ".".join(self._start["encoding"])
                 raise self._error(call, f"unsupported encoding {shown(enc)} in {path!r}; "
-                                  f"supported: {sorted(self.spec.encodings)}", event=event, field=path,
-                                  fatal=True)
+                                  f"supported: {sorted(self.spec.encodings)}", event=event,
+                                  field=path, fatal=True)
             codec = found
         if "sample_rate" in values:
             rate = self._int(call, values["sample_rate"], event,

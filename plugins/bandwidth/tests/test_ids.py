@@ -66,7 +66,8 @@ def test_documented_looking_ids_are_accepted(bandwidth: Carrier) -> None:
     call = bandwidth.new_call()
     (start,) = bandwidth.parse_inbound(call, start_message(
         stream_id=STREAM_ID, call_id="c-15ac29a2-1331029c-2cb0-4a07-b215-b22865662d85"))
-    assert start.call_id == "c-15ac29a2-1331029c-2cb0-4a07-b215-b22865662d85"  # type: ignore[attr-defined]
+    assert start.call_id == (  # type: ignore[attr-defined]
+        "c-15ac29a2-1331029c-2cb0-4a07-b215-b22865662d85")
     assert start.account_id == "9900000"  # type: ignore[attr-defined]
 
 
