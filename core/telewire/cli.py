@@ -215,7 +215,9 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append("rt.config.provider=openai")
     settings = load_settings(host="127.0.0.1", port=0)
     graph = load_graph(None, overrides)
-    server = TelewireServer(settings, graph, CarrierRegistry())
+    from telewire.replay import paced_graph
+
+    server = TelewireServer(settings, paced_graph(graph, args.pace), CarrierRegistry())
     port = await server.start()
     try:
         audio_path = args.audio or str(Path(str(_data_file("demo.wav"))))

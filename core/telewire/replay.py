@@ -12,17 +12,19 @@ real calls can be tried against today's prompt.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from telewire.archive import ArchiveReader, find_archive
 from telewire.errors import ConfigError
 from telewire.graph import Graph
+from telewire.nodes.carrier_in import CarrierIn
 from telewire.nodes.recorder import Recorder
 from telewire.registry import CarrierRegistry
 from telewire.settings import load_settings
 
-__all__ = ["replay"]
+__all__ = ["paced_graph", "replay"]
 
 
 async def replay(ref: str, graph: Graph, *, turn: int | None = None, pace: float = 1.0,
@@ -63,7 +65,8 @@ async def replay(ref: str, graph: Graph, *, turn: int | None = None, pace: float
     if source.codec != "pcmu" or source.sample_rate != 8000:
         raise ConfigError(f"archive {ref} is {source.codec} at {source.sample_rate} Hz; the call "
                           "simulator plays mu-law 8 kHz only")
-    server = TelewireServer(load_settings(host="127.0.0.1", port=0), graph, CarrierRegistry())
+    server = TelewireServer(load_settings(host="127.0.0.1", port=0), paced_graph(graph, pace),
+                            CarrierRegistry())
     port = await server.start()
     try:
         sim = CallSimulator(f"ws://127.0.0.1:{port}/media/twilio", pace=pace,
@@ -82,3 +85,18 @@ async def replay(ref: str, graph: Graph, *, turn: int | None = None, pace: float
         "stream_sid": result.stream_sid,
         "archive": record.as_dict() if record is not None else None,
     }
+
+
+def paced_graph(graph: Graph, pace: float) -> Graph:
+    """``graph`` with its carrier-in node's message bucket widened by ``pace`` (unbounded for
+    ``0``): a replay faster than real time is not a flood, and must lose no frame."""
+    if 0 < pace <= 1:
+        return graph
+    nodes = dict(graph.nodes)
+    for name in graph.nodes_of_type(CarrierIn):
+        cfg = nodes[name].config
+        rate = cfg.max_messages_per_s * pace if pace else float("inf")
+        burst = cfg.message_burst * int(pace) if pace else 2**62
+        nodes[name] = replace(nodes[name], config=cfg.model_copy(
+            update={"max_messages_per_s": rate, "message_burst": burst}))
+    return Graph(nodes, graph.edges, graph.source, graph.envelope)

@@ -33,6 +33,7 @@ from loguru import logger
 
 from telewire import calltoken
 from telewire.carrier import HttpRequest
+from telewire.envelope import id_problem
 from telewire.errors import AuthenticationError, CarrierError, ConfigError, PluginError
 from telewire.frames import InterruptFrame, StartFrame, SteerFrame
 from telewire.graph import CallGraph, Graph, Observer
@@ -178,11 +179,9 @@ class TelewireServer:
             logger.info("operator API on http://{}:{}/api/ only", self.settings.admin_host,
                         self.admin_port)
         # Recordings: resume what the spool holds (archives not yet stored, partial ones of a
-        # process that died) now, not at the first call. Node types opt in with an async
-        # classmethod ``on_server_start(name, config)``; the recorder's starts the uploads.
+        # process that died) now, not at the first call (``Node.on_server_start``).
         for node_name, spec in self.graph.nodes.items():
-            if hasattr(spec.cls, "on_server_start"):
-                await spec.cls.on_server_start(node_name, spec.config)
+            await spec.cls.on_server_start(node_name, spec.config)
         self._sweeper = asyncio.ensure_future(self._sweep())
         logger.info("telewire listening on http://{}:{} (carriers: {})", self.settings.host,
                     self.port, ", ".join(self.carrier_names()) or "none")
@@ -517,6 +516,13 @@ class TelewireServer:
         """At the start event: check the one-time call token, refuse an id already live here,
         index the call by its id (for event webhooks and the operator API)."""
         conn = self._conns.get(call)
+        for what, value in (("stream id", frame.stream_id), ("call id", frame.call_id),
+                            ("account id", frame.account_id)):
+            # the envelope checks these already; a carrier parsing by hand may not have
+            problem = id_problem(value) if value or what == "stream id" else None
+            if problem is not None:
+                self.refused_total += 1
+                return f"carrier {call.carrier.name!r} started a call whose {what} {problem}"
         params = dict(frame.custom_parameters)
         token = params.pop(calltoken.PARAMETER, None)
         mode = self.settings.call_tokens

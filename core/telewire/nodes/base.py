@@ -100,6 +100,11 @@ class Node:
     def observe(self, node: str, port: str, frame: Frame) -> None:
         """See a frame leaving ``node.port`` (only for ``observes_all`` nodes). Must be quick."""
 
+    @classmethod
+    async def on_server_start(cls, name: str, config: Any) -> None:
+        """A server that runs this node's graph started (once per node of the graph, before
+        any call): resume work left from an earlier process here (the recorder's spool)."""
+
     async def on_call_start(self, frame: StartFrame) -> None:
         """The call started (every node sees it, before any other frame)."""
 
