@@ -64,3 +64,15 @@ def test_every_node_config_key_and_port_is_documented():
 def test_readme_gives_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_security_page_names_only_settings_that_exist():
+    import re
+
+    page = (ROOT / "docs" / "security.md").read_text()
+    named = set(re.findall(r"`(TELEWIRE_[A-Z0-9_]+)`", page))
+    assert named, "docs/security.md names no settings"
+    for name in named:
+        assert f"`{name}`" in CONFIG_MD, f"docs/security.md names {name}, which is not a setting"
+    for key in re.findall(r"`(?:rt|tel_in|recorder)\.config\.([a-z_]+)`", page):
+        assert f"| `{key}` |" in CONFIG_MD, f"docs/security.md names node config key {key}"
