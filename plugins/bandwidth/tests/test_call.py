@@ -166,7 +166,9 @@ async def test_basic_auth_enforced_when_configured(server: ServerFactory,
     assert (await answer(srv))[0] == 403
     assert (await answer(srv, credentials=(USER, "wrong")))[0] == 403
     async with await answered_call(srv, credentials=(USER, PASSWORD)) as call:
-        await call.send_audio(CHUNKS[0])
+        # 3.2 s of agent audio, so that something is still playing when the digit arrives
+        # (the core sends no clear once the paced playout has drained)
+        await call.send_audio(AUDIO * 4)
         await call.collect_audio(160)
         assert (await call.press("*", credentials=None))[0] == 403
         assert (await call.press("*", credentials=(USER, "wrong")))[0] == 403
