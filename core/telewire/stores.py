@@ -13,11 +13,18 @@ value is a :class:`Store` subclass::
 Keys are ``/``-separated relative paths. Parts that come from the carrier (call and stream ids)
 go through :func:`safe_segment` first, so an id such as ``../../etc`` never leaves the prefix;
 each store refuses a key with an empty, ``.`` or ``..`` segment as a second line of defence.
+
+Stores never replace an object: a put whose key exists with other content raises
+:class:`KeyExistsError` (``O_EXCL``-style on files, ``If-None-Match: *`` on S3); a put whose key
+exists with the same content succeeds, so a retried upload is idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import filecmp
+import hashlib
 import os
 import re
 import shutil
@@ -36,6 +43,7 @@ from telewire.errors import ConfigError, TelewireError
 __all__ = [
     "STORE_GROUP",
     "FileStore",
+    "KeyExistsError",
     "S3Store",
     "Store",
     "StoreError",
@@ -55,6 +63,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 class StoreError(TelewireError):
     """The storage backend refused or failed an operation (network down, bucket missing,
     permission denied). The message names the object's URL and what went wrong."""
+
+
+class KeyExistsError(StoreError):
+    """A put refused because an object with that key and other content is already stored
+    (stores never overwrite). The message names the object's URL."""
 
 
 def safe_segment(value: str, *, default: str = "_", max_len: int = 96) -> str:
@@ -105,9 +118,12 @@ class Store(ABC):
     async def put_file(self, key: str, path: Path) -> str:
         """Upload the file at ``path`` as ``key``, streaming it; returns its :meth:`location`.
 
-        Overwrites an existing object (retries are idempotent).
+        Never replaces an existing object. When ``key`` already holds exactly this content
+        (an earlier attempt got through), returns its location as if it had stored it, so
+        retries are idempotent.
 
         Raises:
+            KeyExistsError: ``key`` holds other content; nothing was written.
             StoreError: the backend failed; nothing is assumed stored.
         """
 
@@ -120,8 +136,19 @@ class Store(ABC):
         """
 
 
+#: ``os.link`` errors meaning "this file system has no hard links" (not "the key exists").
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK,
+                  errno.ENOSYS}
+
+
 class FileStore(Store):
-    """A local folder: ``file://PATH``. Writes go to a temporary name, then are renamed."""
+    """A local folder: ``file://PATH``.
+
+    A put writes a temporary file beside the target, then hard-links it to the target name
+    (``os.link`` fails when the name exists, so an existing object is never replaced, and the
+    object appears whole or not at all). On a file system without hard links it creates the
+    target with ``O_CREAT | O_EXCL`` and copies into it.
+    """
 
     scheme = "file"
 
@@ -147,13 +174,35 @@ class FileStore(Store):
         dest = self._path(key)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
 
+        def refuse_unless_same() -> None:
+            if not filecmp.cmp(path, dest, shallow=False):
+                raise KeyExistsError(f"file://{dest}: already exists with other content; "
+                                     "not overwritten")
+
         def copy() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 shutil.copyfile(path, tmp)
-                os.replace(tmp, dest)
+                try:
+                    os.link(tmp, dest)
+                    return
+                except FileExistsError:
+                    return refuse_unless_same()
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
             finally:
                 tmp.unlink(missing_ok=True)
+            try:  # no hard links here: create the name exclusively and copy into it
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return refuse_unless_same()
+            try:
+                with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
 
         try:
             await asyncio.to_thread(copy)
@@ -179,6 +228,10 @@ class S3Store(Store):
     query override them. Objects larger than one part go up as a multipart upload of 5 MB parts
     read from the file one at a time (memory per upload: one part); a failed multipart upload is
     aborted so no orphan parts are left behind when the server is reachable.
+
+    Every put is conditional (``If-None-Match: *`` on ``PutObject`` and on
+    ``CompleteMultipartUpload``): S3 answers 412 when the key exists, and the store then compares
+    the existing object's ETag with the MD5 (or multipart ETag) of what it sent.
     """
 
     scheme = "s3"
@@ -234,34 +287,65 @@ class S3Store(Store):
             size = path.stat().st_size
             async with self._client() as s3:
                 if size <= self.part_size:
-                    body = await asyncio.to_thread(path.read_bytes)
-                    await s3.put_object(Bucket=self.bucket, Key=full, Body=body)
+                    body, etag = await asyncio.to_thread(_read_with_md5, path)
+                    try:
+                        await s3.put_object(Bucket=self.bucket, Key=full, Body=body,
+                                            IfNoneMatch="*")
+                    except Exception as exc:
+                        if not _precondition_failed(exc):
+                            raise
+                        del body
+                        await self._refuse_unless_same(s3, full, etag)
                 else:
-                    await self._multipart(s3, full, path)
+                    etag = await self._multipart(s3, full, path)
+                    if etag is not None:
+                        await self._refuse_unless_same(s3, full, etag)
         except StoreError:
             raise
         except Exception as exc:  # botocore, aiohttp and OS errors all mean "not stored"
             raise StoreError(f"{where}: upload failed: {_describe(exc)}") from None
         return where
 
-    async def _multipart(self, s3: Any, full: str, path: Path) -> None:
+    async def _refuse_unless_same(self, s3: Any, full: str, etag: str) -> None:
+        """The key exists: fine when it holds what we sent (its ETag is ``etag``), else
+        :class:`KeyExistsError`."""
+        head = await s3.head_object(Bucket=self.bucket, Key=full)
+        if head.get("ETag", "").strip('"') != etag:
+            raise KeyExistsError(f"s3://{self.bucket}/{full}: already exists with other "
+                                 "content; not overwritten")
+
+    async def _multipart(self, s3: Any, full: str, path: Path) -> str | None:
+        """Upload ``path`` in parts; returns ``None`` when stored, or the ETag the object would
+        have had when the key already exists (the upload is aborted)."""
         created = await s3.create_multipart_upload(Bucket=self.bucket, Key=full)
         upload_id = created["UploadId"]
         try:
             done = []
+            digests = []
             with path.open("rb") as f:
                 number = 1
                 while True:
-                    chunk = await asyncio.to_thread(f.read, self.part_size)
+                    chunk, digest = await asyncio.to_thread(_read_part, f, self.part_size)
                     if not chunk:
                         break
                     r = await s3.upload_part(Bucket=self.bucket, Key=full, PartNumber=number,
                                              UploadId=upload_id, Body=chunk)
                     done.append({"PartNumber": number, "ETag": r["ETag"]})
+                    digests.append(digest)
                     number += 1
                     del chunk
-            await s3.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                               MultipartUpload={"Parts": done})
+            etag = f"{_md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+            try:
+                await s3.complete_multipart_upload(Bucket=self.bucket, Key=full,
+                                                   UploadId=upload_id, IfNoneMatch="*",
+                                                   MultipartUpload={"Parts": done})
+            except Exception as exc:
+                if not _precondition_failed(exc):
+                    raise
+                await s3.abort_multipart_upload(Bucket=self.bucket, Key=full,
+                                                UploadId=upload_id)
+                return etag
+            return None
         except BaseException:
             try:
                 await asyncio.shield(s3.abort_multipart_upload(Bucket=self.bucket, Key=full,
@@ -284,6 +368,30 @@ class S3Store(Store):
             raise StoreError(f"s3://{self.bucket}/{full}: download failed: "
                              f"{_describe(exc)}") from None
         return dest
+
+
+def _md5(data: bytes = b"") -> Any:
+    return hashlib.md5(data, usedforsecurity=False)
+
+
+def _read_with_md5(path: Path) -> tuple[bytes, str]:
+    body = path.read_bytes()
+    return body, _md5(body).hexdigest()
+
+
+def _read_part(f: Any, size: int) -> tuple[bytes, bytes]:
+    chunk = f.read(size)
+    return chunk, _md5(chunk).digest()
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """A botocore ``ClientError`` for HTTP 412: the conditional put found the key taken."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "412") or status == 412
 
 
 def _describe(exc: BaseException) -> str:
