@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
@@ -249,6 +250,10 @@ class InterruptFrame(Frame):
     reason: str = ""
     item_id: str | None = None
     heard_ms: float | None = None
+    #: when the interrupt was raised (``time.monotonic()``), for the barge-in reaction time;
+    #: process-local, so it is neither compared nor recorded
+    raised_at: float = field(default_factory=time.monotonic, compare=False, repr=False,
+                             metadata={"record": False})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,7 +287,16 @@ class TranscriptFrame(Frame):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsageFrame(Frame):
-    """Token usage of one model response, as the provider reported it."""
+    """Usage of one model response, as the provider reported it.
+
+    ``billing`` is the provider's unit: ``"tokens"`` (the token fields are billed) or
+    ``"seconds"`` (``seconds`` is billed, for duration-priced providers). ``input_cached_tokens``
+    is the cached part of the input tokens (a subset, not in addition);
+    ``input_cached_text_tokens`` / ``_audio_`` / ``_image_`` split it where the provider does.
+    ``cost_usd`` (this response) and ``call_cost_usd`` (the call so far) are filled by the
+    ``realtime_agent`` node from its price table; ``None`` when not priced or unknown (the exact
+    figure is the node's :class:`telewire.cost.CallCost`).
+    """
 
     kind: ClassVar[str] = "usage"
     provider: str
@@ -293,6 +307,19 @@ class UsageFrame(Frame):
     input_cached_tokens: int = 0
     output_text_tokens: int = 0
     output_audio_tokens: int = 0
+    billing: str = "tokens"
+    input_image_tokens: int = 0
+    input_cached_text_tokens: int = 0
+    input_cached_audio_tokens: int = 0
+    input_cached_image_tokens: int = 0
+    seconds: float = 0.0
+    cost_usd: float | None = None
+    call_cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.billing not in ("tokens", "seconds"):
+            raise ValueError(f"UsageFrame.billing must be 'tokens' or 'seconds', "
+                             f"not {self.billing!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,7 +26,7 @@ import loguru
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from telewire import jsonfast
+from telewire import jsonfast, tracing
 from telewire.envelope import _is_base64
 from telewire.errors import ConfigError, ProviderError, ProviderProtocolError
 from telewire.frames import (
@@ -165,6 +165,9 @@ class OpenAISession(RealtimeSession):
         # digit arrived that no response has seen yet (answered once the current one is done).
         self._create_sent_at: float | None = None
         self._unanswered = False
+        #: say(): the response.create we sent with metadata {"telewire": TAG}, by TAG, resolved
+        #: at that response's response.done (True when it completed)
+        self._say_waiters: dict[str, asyncio.Future[bool]] = {}
         self._productive = False  # the live connection has produced a response
         self._barren = 0  # consecutive connections the provider closed before any response
         self._complaints: dict[str, _Throttle] = {}
@@ -172,6 +175,8 @@ class OpenAISession(RealtimeSession):
         self.handovers = 0
         #: Audio deltas dropped because they were not base64 text, or held too much audio.
         self.bad_audio_deltas = 0
+        self.first_audio_s: list[float] = []  # response.created -> first audio, per response
+        self._response_started: float | None = None
         #: Conversation items dropped from :attr:`history` by its caps.
         self.history_dropped = 0
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -223,6 +228,9 @@ class OpenAISession(RealtimeSession):
         if self._closed:
             return
         self._closed = True
+        for waiter in self._say_waiters.values():
+            if not waiter.done():
+                waiter.set_result(False)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -305,6 +313,8 @@ class OpenAISession(RealtimeSession):
         self._productive = False
         self._audio_heard = False if self.handovers or self.reconnects else self._audio_heard
         self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}-reader")
+        tracing.model_session(self.name, self.config.model, reconnects=self.reconnects,
+                              handovers=self.handovers)
 
     async def _hold(self, message: str) -> None:
         """The sender while no connection is live: keep caller audio (bounded), drop the rest."""
@@ -482,6 +492,28 @@ class OpenAISession(RealtimeSession):
             self._voice = frame.voice  # type: ignore[assignment]
             await self._handover(f"voice {frame.voice!r}")
 
+    async def say(self, instructions: str, *, tag: str = "say") -> bool:
+        """Have the model speak now as ``instructions`` say (a goodbye), and wait for it.
+
+        A response being spoken is let finish first (a ``response.create`` during it would be
+        refused). Then one ``response.create`` goes out with ``response.instructions`` and
+        ``response.metadata`` ``{"telewire": tag}``, which the provider echoes in that
+        response's ``response.done``. Returns ``True`` once that response completed, ``False``
+        when it did not (cancelled, failed, or the session ended); the caller bounds the wait.
+        """
+        while self._response_id is not None and not self._ended:
+            await asyncio.sleep(0.02)
+        if self._ended or self._closed:
+            return False
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._say_waiters[tag] = waiter
+        await self._send_event({"type": "response.create", "response": {
+            "instructions": instructions, "metadata": {"telewire": tag}}})
+        try:
+            return await waiter
+        finally:
+            self._say_waiters.pop(tag, None)
+
     # -- session configuration -------------------------------------------------------------------
 
     def session_config(self) -> dict[str, Any]:
@@ -593,10 +625,11 @@ class OpenAISession(RealtimeSession):
                             continue
                         item = event.get("item_id")
                         sent = chars.get(item)
-                        if sent is None:
+                        if sent is None:  # an item's first audio
                             if len(chars) >= _ITEMS_KEPT:
                                 del chars[next(iter(chars))]
                             sent = 0
+                            self._first_audio()
                         chars[item] = sent + len(delta)
                         self._audio_heard = True
                         await sink(audio_frame(delta, "pcmu", 8000, None, None, "outbound", item))
@@ -660,8 +693,20 @@ class OpenAISession(RealtimeSession):
             args = (*args, held)
         self._log.log(level, message, *args)
 
+    def _first_audio(self) -> None:
+        """The first audio of the current response arrived: keep its delay (for metrics)."""
+        started, self._response_started = self._response_started, None
+        if started is not None and len(self.first_audio_s) < 1000:
+            self.first_audio_s.append(time.monotonic() - started)
+
+    def samples(self) -> dict[str, list[float]]:
+        """Time from ``response.created`` to the response's first audio, per response."""
+        return {"model_first_audio_seconds": self.first_audio_s}
+
     async def _on_response_created(self, event: dict[str, Any]) -> None:
+        self._response_started = time.monotonic()
         self._response_id = event["response"].get("id") or ""
+        tracing.response_created(self.name, self.config.model, self._response_id)
         # (digits sent since our last response.create stay unanswered: the provider took its
         # snapshot of the conversation when that create arrived, before them)
         self._create_sent_at = None
@@ -675,19 +720,29 @@ class OpenAISession(RealtimeSession):
         calls = [o for o in response.get("output") or ()
                  if isinstance(o, dict) and o.get("type") == "function_call"]
         usage = response.get("usage")
-        if usage:
+        if isinstance(usage, dict) and usage:
+            # GA RealtimeResponseUsage: cached tokens are a subset of the input tokens, split by
+            # modality in input_token_details.cached_tokens_details
             details_in = usage.get("input_token_details") or {}
             details_out = usage.get("output_token_details") or {}
+            cached = details_in.get("cached_tokens_details") or {}
             await self.sink(UsageFrame(
                 provider=self.name,
                 model=self.config.model,
                 response_id=response.get("id"),
-                input_text_tokens=details_in.get("text_tokens") or 0,
-                input_audio_tokens=details_in.get("audio_tokens") or 0,
-                input_cached_tokens=details_in.get("cached_tokens") or 0,
-                output_text_tokens=details_out.get("text_tokens") or 0,
-                output_audio_tokens=details_out.get("audio_tokens") or 0,
+                input_text_tokens=_tokens(details_in.get("text_tokens")),
+                input_audio_tokens=_tokens(details_in.get("audio_tokens")),
+                input_image_tokens=_tokens(details_in.get("image_tokens")),
+                input_cached_tokens=_tokens(details_in.get("cached_tokens")),
+                input_cached_text_tokens=_tokens(cached.get("text_tokens")),
+                input_cached_audio_tokens=_tokens(cached.get("audio_tokens")),
+                input_cached_image_tokens=_tokens(cached.get("image_tokens")),
+                output_text_tokens=_tokens(details_out.get("text_tokens")),
+                output_audio_tokens=_tokens(details_out.get("audio_tokens")),
             ))
+        say = self._say_waiters.pop(((response.get("metadata") or {}).get("telewire") or ""), None)
+        if say is not None and not say.done():
+            say.set_result(response.get("status") == "completed")
         if calls and response.get("status") == "completed":
             self._spawn(self._run_tools(calls), "tools")
         elif self._unanswered and not self._ended:  # digits pressed while it spoke
@@ -707,12 +762,14 @@ class OpenAISession(RealtimeSession):
             arguments = str(call.get("arguments") or "")
             self._remember({"type": "function_call", "call_id": call_id, "name": name,
                             "arguments": arguments})
+            traced = tracing.tool_started(name, call_id, arguments)
             if self.tools is None:
                 from telewire.tools import ToolOutcome
 
                 outcome = ToolOutcome('{"error": "no tools are configured"}')
             else:
                 outcome = await self.tools.run(name, arguments)
+            tracing.tool_ended(traced, outcome.output)
             self._log.info("{}: tool {!r}({!r}) -> {!r}", self.name, name[:80], arguments[:200],
                            outcome.output[:200])
             item = {"type": "function_call_output", "call_id": call_id, "output": outcome.output}
@@ -822,6 +879,9 @@ class OpenAISession(RealtimeSession):
             return
         self._ended = True
         self._response_id = None
+        for waiter in self._say_waiters.values():
+            if not waiter.done():
+                waiter.set_result(False)
         await self.sink(EndFrame(reason=reason, detail=detail))
         if self._ws is not None:
             await self._ws.close()
@@ -884,6 +944,11 @@ def _clipped(item: dict[str, Any], chars: int) -> dict[str, Any]:
     if kind == "function_call":
         return {**item, "arguments": item["arguments"][:max(0, chars - len(item["name"]))]}
     return {**item, "output": item.get("output", "")[:chars]}
+
+
+def _tokens(value: Any) -> int:
+    """A token count from a provider's usage object: a non-negative int, anything else 0."""
+    return value if type(value) is int and value > 0 else 0
 
 
 class _Throttle:

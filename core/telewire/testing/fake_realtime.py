@@ -508,6 +508,10 @@ class FakeConnection:
         self._audio_items: dict[str, ResponseRecord] = {}
         self._call_ids: set[str] = set()
         self._input_bytes = 0  # caller audio received this session (decoded size)
+        # the previous response's input (text, audio tokens): the provider's prompt cache holds
+        # that prefix, so the next response reports it as cached
+        self._cached_prefix = (0, 0)
+        self._next_metadata: Any = None  # response.metadata of the response.create being served
         self._since_turn = 0  # appends counted towards the next caller turn (talk mode)
         self._turn_start_bytes = 0
         self._barge_count = 0  # appends heard during a response (talk mode, barge_in_after_appends)
@@ -785,7 +789,7 @@ class FakeConnection:
         elif self.server.mode == "echo":
             await self._open_response()
 
-    def _response_created(self, response_id: str) -> dict[str, Any]:
+    def _response_created(self, response_id: str, metadata: Any = None) -> dict[str, Any]:
         out = self.session["audio"]["output"]
         return {"type": "response.created", "response": {
             "object": "realtime.response", "id": response_id, "status": "in_progress",
@@ -793,7 +797,7 @@ class FakeConnection:
             "output_modalities": self.session["output_modalities"],
             "max_output_tokens": self.session["max_output_tokens"],
             "audio": {"output": {"format": out["format"], "voice": out["voice"]}},
-            "usage": None, "metadata": None,
+            "usage": None, "metadata": metadata,
         }}
 
     def _new_record(self, kind: Literal["audio", "function_call"], response_id: str, item_id: str,
@@ -813,12 +817,13 @@ class FakeConnection:
         item = self._item(item_id, "in_progress", "")
         self._insert_item(item)
         self._audio_items[item_id] = record
+        metadata, self._next_metadata = self._next_metadata, None
         self._response = {"id": response_id, "item_id": item_id, "transcript": "",
-                          "record": record, "item": item, "talk": False}
+                          "record": record, "item": item, "talk": False, "metadata": metadata}
         self._audio_head = ('{"type":"response.output_audio.delta","response_id":"' + response_id
                             + '","item_id":"' + item_id
                             + '","output_index":0,"content_index":0,"event_id":"')
-        await self.send(self._response_created(response_id))
+        await self.send(self._response_created(response_id, metadata))
         await self.send({"type": "response.output_item.added", "response_id": response_id,
                          "output_index": 0, "item": self._item(item_id, "in_progress", "")})
         await self.send({"type": "response.content_part.added", "response_id": response_id,
@@ -907,12 +912,17 @@ class FakeConnection:
         in_text = len(str(self.session.get("instructions") or "").split()) + sum(
             len(str(part.get("text") or "").split())
             for item in self.items for part in item.get("content") or ())
+        # what the previous response already read is cached now (a subset of the input)
+        cached_text = min(in_text, self._cached_prefix[0])
+        cached_audio = min(in_audio, self._cached_prefix[1])
+        self._cached_prefix = (in_text, in_audio)
         return {
             "total_tokens": in_audio + in_text + out_audio + out_text,
             "input_tokens": in_audio + in_text, "output_tokens": out_audio + out_text,
             "input_token_details": {"text_tokens": in_text, "audio_tokens": in_audio,
-                                    "image_tokens": 0, "cached_tokens": 0,
-                                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
+                                    "image_tokens": 0, "cached_tokens": cached_text + cached_audio,
+                                    "cached_tokens_details": {"text_tokens": cached_text,
+                                                              "audio_tokens": cached_audio,
                                                               "image_tokens": 0}},
             "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
         }
@@ -957,7 +967,7 @@ class FakeConnection:
             "object": "realtime.response", "id": rid, "status": status,
             "status_details": details, "output": [item],
             "output_modalities": self.session["output_modalities"],
-            "usage": dict(usage), "metadata": None,
+            "usage": dict(usage), "metadata": response.get("metadata"),
         }})
         return rid
 
@@ -1156,7 +1166,10 @@ class FakeConnection:
             raise _RequestError(f"Invalid type for 'response': expected an object, but got "
                                 f"{type(response).__name__} instead.", code="invalid_type",
                                 param="response")
+        # the server echoes a response's metadata in its response.created and response.done
+        self._next_metadata = (response or {}).get("metadata")
         await self._create_response()
+        self._next_metadata = None
 
     async def _on_commit(self, event: dict[str, Any]) -> None:
         if not self._buffered:
