@@ -1,4 +1,4 @@
-"""The ``telewire`` command: serve, plugins, config show, call, demo.
+"""The ``telewire`` command: serve, plugins, config show, call, demo, calls, trace.
 
 Depends on everything above it (server, graph, registry, settings, testing); nothing depends on it.
 The CLI is the only place that installs log sinks.
@@ -56,8 +56,11 @@ def _load(args: argparse.Namespace) -> tuple[ServerSettings, Any]:
 
 async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | None = None) -> None:
     from telewire.server import TelewireServer
+    from telewire.tracing import Tracing
 
-    server = TelewireServer(settings, graph, CarrierRegistry())
+    tracing = Tracing.from_settings(settings)
+    logger.info("spans to {} (frame events: {})", tracing.where(), tracing.frames)
+    server = TelewireServer(settings, graph, CarrierRegistry(), tracing=tracing)
     await server.start()
     # Everything loaded so far lives as long as the process: freeze it out of the cyclic
     # collector, and collect young objects less often. Full collections rescanning every live
@@ -76,6 +79,9 @@ async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | No
     await stop.wait()
     logger.info("stopping: no new calls; draining")
     await server.stop()
+    await asyncio.to_thread(tracing.shutdown)
+    if tracing.dropped_spans:
+        logger.warning("{} span(s) dropped: an exporter's queue was full", tracing.dropped_spans)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -216,8 +222,11 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(host="127.0.0.1", port=0)
     graph = load_graph(None, overrides)
     from telewire.replay import paced_graph
+    from telewire.tracing import Tracing
 
-    server = TelewireServer(settings, paced_graph(graph, args.pace), CarrierRegistry())
+    tracing = Tracing.from_settings(settings)
+    server = TelewireServer(settings, paced_graph(graph, args.pace), CarrierRegistry(),
+                            tracing=tracing)
     port = await server.start()
     try:
         audio_path = args.audio or str(Path(str(_data_file("demo.wav"))))
@@ -229,6 +238,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         result = await sim.run(audio)
     finally:
         await server.stop(drain_timeout_s=2)
+        await asyncio.to_thread(tracing.shutdown)
     summary = result.summary()
     summary["provider"] = graph.nodes["rt"].config.provider
     summary["input_audio"] = audio_path
@@ -238,6 +248,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
     record = find_archive(result.stream_sid)
     summary["recording"] = record.as_dict() if record else None
+    summary["spans"] = {"to": tracing.where(), "dropped": tracing.dropped_spans,
+                        "db": str(tracing.spans_db) if tracing.spans_db else None}
     return summary
 
 
@@ -261,6 +273,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{where.get('transcript.json')}, event log {where.get('events.jsonl')}.")
     else:
         print("The graph has no recorder node, so the call was not recorded.")
+    spans = summary["spans"]
+    call_id = summary.get("call_sid") or summary.get("stream_sid") or "CALL_SID"
+    print(f"Its spans went to {spans['to']}"
+          + (f"; see them with: telewire trace {call_id}" if spans["db"] else "") + ".")
+    return 0
+
+
+# --------------------------------------------------------------------------------- calls, trace
+
+
+def _spans_db(args: argparse.Namespace) -> Path:
+    db = Path(args.db) if args.db else load_settings().spans_db
+    if not db.exists():
+        raise ConfigError(f"no span database at {db} (TELEWIRE_SPANS_DB): no call was traced "
+                          "there yet")
+    return db
+
+
+def _since_ns(text: str | None) -> int | None:
+    """``--since``: ``90s``, ``15m``, ``2h``, ``7d`` ago, or an ISO date/time (UTC if naive)."""
+    import time
+    from datetime import datetime, timezone
+
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if t[-1:] in units and t[:-1].replace(".", "", 1).isdigit():
+        return int((time.time() - float(t[:-1]) * units[t[-1]]) * 1e9)
+    try:
+        when = datetime.fromisoformat(t)
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: give 90s, 15m, 2h, 7d or an ISO date/time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1e9)
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from telewire.spanstore import open_db, recent_calls
+
+    db = open_db(_spans_db(args))
+    calls = recent_calls(db, since_ns=_since_ns(args.since), limit=args.limit)
+    for c in calls:
+        c["started"] = datetime.fromtimestamp(c.pop("started_ns") / 1e9,
+                                              timezone.utc).isoformat(timespec="seconds")
+    if args.json:
+        print(json.dumps(calls, indent=2))
+        return 0
+    if not calls:
+        print("no calls traced" + (f" since {args.since}" if args.since else ""))
+        return 0
+    print(f"{'started (UTC)':<25} {'call_sid':<36} {'carrier':<10} {'seconds':>8} {'turns':>5} "
+          f"{'intr':>4} {'end reason':<16} {'USD':>8}")
+    for c in calls:
+        cost = c["cost_usd"]
+        print(f"{c['started']:<25} {(c['call_sid'] or c['stream_sid'] or '-'):<36} "
+              f"{(c['carrier'] or '-'):<10} {c['duration_s']:>8.1f} {c['turns'] or 0:>5} "
+              f"{c['interrupts'] or 0:>4} {(c['end_reason'] or '-'):<16} "
+              f"{(f'{cost:.4f}' if isinstance(cost, (int, float)) else '-'):>8}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from telewire.spanstore import call_rows, open_db, render_tree
+
+    traces = call_rows(open_db(_spans_db(args)), args.call_sid)
+    if not traces:
+        print(f"telewire: no spans of call {args.call_sid!r} in {_spans_db(args)}",
+              file=sys.stderr)
+        return 1
+    for i, roots in enumerate(traces):
+        if i:
+            print()
+        print(f"trace {roots[0].trace_id}")
+        print(render_tree(roots))
     return 0
 
 
@@ -379,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pace", type=float, default=1.0)
     s.add_argument("--out", default="demo-output", help="folder for what comes back")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("calls", help="recent calls from the span database")
+    s.add_argument("--since", metavar="WHEN", help="90s, 15m, 2h, 7d ago, or an ISO date/time")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--db", metavar="FILE", help="span database (default TELEWIRE_SPANS_DB)")
+    s.set_defaults(func=cmd_calls)
+
+    s = sub.add_parser("trace", help="one call's span tree as an indented timeline")
+    s.add_argument("call_sid", help="the call's call sid (or stream sid)")
+    s.add_argument("--db", metavar="FILE", help="span database (default TELEWIRE_SPANS_DB)")
+    s.set_defaults(func=cmd_trace)
 
     s = sub.add_parser("archive", help="the local spool of call archives")
     asub = s.add_subparsers(dest="archive_command", required=True)

@@ -16,6 +16,8 @@ token; on the admin listener alone when ``TELEWIRE_ADMIN_PORT`` is set):
     ``POST /api/calls/[{carrier}/]{call_id}/steer|interrupt|hangup``
                                       operator control of one live call; JSON bodies only
                                       (steer: ``{"instructions": …, "voice": …}``).
+    ``GET /metrics``                  Prometheus metrics (the operator token, or the
+                                      read-only ``TELEWIRE_METRICS_TOKEN``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import hmac
 import socket
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import WSMsgType, web
@@ -37,9 +39,14 @@ from telewire.envelope import id_problem
 from telewire.errors import AuthenticationError, CarrierError, ConfigError, PluginError
 from telewire.frames import InterruptFrame, StartFrame, SteerFrame
 from telewire.graph import CallGraph, Graph, Observer
+from telewire.metrics import CONTENT_TYPE as METRICS_TYPE
+from telewire.metrics import ServerMetrics
 from telewire.nodes.carrier_in import CarrierIn
 from telewire.registry import CarrierRegistry
 from telewire.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from telewire.tracing import CallTrace, Tracing
 
 __all__ = ["TelewireServer"]
 
@@ -67,6 +74,7 @@ class _Conn:
     seen: int = 0
     seen_at: float = 0.0
     pending: bool = True
+    trace: "CallTrace | None" = None
 
 
 def _json_error(status: int, message: str, **headers: str) -> web.Response:
@@ -81,14 +89,17 @@ class TelewireServer:
         graph: the validated graph every call runs.
         registry: the carriers.
         observers: builds per-call port observers (recorder, tracing attach here).
+        tracing: the span tree of every call (``None``: no tracing, no observer).
     """
 
     def __init__(self, settings: ServerSettings, graph: Graph, registry: CarrierRegistry,
-                 observers: ObserverFactory | None = None) -> None:
+                 observers: ObserverFactory | None = None,
+                 tracing: "Tracing | None" = None) -> None:
         self.settings = settings
         self.graph = graph
         self.registry = registry
         self.observers = observers
+        self.tracing = tracing
         ins = graph.nodes_of_type(CarrierIn)
         if len(ins) != 1:
             raise ConfigError(f"{graph.source}: a graph needs exactly one carrier_in node, "
@@ -98,7 +109,7 @@ class TelewireServer:
         self.live: dict[tuple[str, str], CallGraph] = {}
         self.unusable: dict[str, str] = {}
         self.calls_total = 0
-        self.refused_total = 0
+        self.metrics = ServerMetrics(lambda: self.calls, settings.max_calls)
         self.draining = False
         secret = settings.call_token_secret
         self.call_tokens = calltoken.CallTokens(
@@ -110,6 +121,9 @@ class TelewireServer:
         self._head_timers: dict[Any, asyncio.TimerHandle] = {}
         self._operator_token = (settings.operator_token.get_secret_value().encode()
                                 if settings.operator_token else None)
+        self._metrics_tokens = tuple(
+            t.get_secret_value().encode()
+            for t in (settings.operator_token, settings.metrics_token) if t is not None)
         public = self._routes_public()
         if settings.admin_port is None:
             public += self._routes_api()
@@ -142,6 +156,7 @@ class TelewireServer:
 
     def _routes_api(self) -> list[web.RouteDef]:
         return [
+            web.get("/metrics", self.metrics_page),
             web.get("/api/calls", self.list_calls),
             web.post("/api/calls/{call_id}/{action}", self.control),
             web.post("/api/calls/{carrier}/{call_id}/{action}", self.control),
@@ -280,15 +295,23 @@ class TelewireServer:
     @web.middleware
     async def _operator_guard(self, request: web.Request,
                               handler: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
-        """``/api/``: 404 when no token is configured, 401 without the right bearer token,
-        415 for a POST that is not JSON (no cross-site form can steer a call)."""
-        if not request.path.startswith("/api/"):
+        """``/api/`` and ``/metrics``: 404 when no token is configured, 401 without the right
+        bearer token, 415 for a POST that is not JSON (no cross-site form can steer a call)."""
+        if request.path == "/metrics":
+            tokens = self._metrics_tokens
+        elif request.path.startswith("/api/"):
+            tokens = (self._operator_token,) if self._operator_token is not None else ()
+        else:
             return await handler(request)
-        if self._operator_token is None:
-            return _json_error(404, "the operator API is off (TELEWIRE_OPERATOR_TOKEN is unset)")
+        if not tokens:
+            return _json_error(404, f"{request.path} is off: set TELEWIRE_OPERATOR_TOKEN"
+                                    + (" or TELEWIRE_METRICS_TOKEN" if request.path == "/metrics"
+                                       else ""))
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode("utf-8", "replace"), self._operator_token):
+        presented = given.strip().encode("utf-8", "replace")
+        # every token compared, so the time taken does not say which one nearly matched
+        matches = [hmac.compare_digest(presented, token) for token in tokens]
+        if scheme.lower() != "bearer" or not any(matches):
             logger.warning("operator API: request to {} from {} refused (missing or wrong "
                            "bearer token)", request.path, self._remote(request))
             return _json_error(401, "missing or wrong bearer token",
@@ -402,6 +425,7 @@ class TelewireServer:
         try:
             signed = carrier.authenticate(req, purpose)
         except AuthenticationError as exc:
+            self.metrics.refused["signature"] += 1
             logger.warning("{} for {} from {} refused: {}", what, carrier.name,
                            self._remote(request), exc)
             return web.Response(status=403, text="signature check failed\n")
@@ -457,6 +481,10 @@ class TelewireServer:
 
     # ----------------------------------------------------------------------------- operator API
 
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition (see :mod:`telewire.metrics`)."""
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
+
     async def list_calls(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         return web.json_response([
@@ -500,13 +528,18 @@ class TelewireServer:
             problem = _steer_problem(body)
             if problem:
                 return _json_error(400, problem)
-            await call.inject("steer_in", SteerFrame(instructions=body.get("instructions"),
-                                                     voice=body.get("voice")))
+            steer = SteerFrame(instructions=body.get("instructions"), voice=body.get("voice"))
+            await call.inject("steer_in", steer)
+            traced = self._conns[call].trace if call in self._conns else None
+            if traced is not None:
+                traced.steer(steer, source="operator")
         elif action == "interrupt":
             await call.inject("interrupt_in", InterruptFrame(source="operator", reason="operator"),
                               carrier_side=True)
         else:
             asyncio.ensure_future(call.hang_up("operator", "hung up by an operator"))
+        if action != "steer" and call in self._conns and self._conns[call].trace is not None:
+            self._conns[call].trace.operator(action)  # type: ignore[union-attr]
         call.log.info("operator: {} (from {})", action, self._remote(request))
         return web.json_response({"ok": True, "action": action})
 
@@ -521,7 +554,7 @@ class TelewireServer:
             # the envelope checks these already; a carrier parsing by hand may not have
             problem = id_problem(value) if value or what == "stream id" else None
             if problem is not None:
-                self.refused_total += 1
+                self.metrics.refused["bad_id"] += 1
                 return f"carrier {call.carrier.name!r} started a call whose {what} {problem}"
         params = dict(frame.custom_parameters)
         token = params.pop(calltoken.PARAMETER, None)
@@ -531,29 +564,32 @@ class TelewireServer:
         if required:
             problem = self.call_tokens.redeem(call.carrier.name, token)
             if problem is not None:
-                self.refused_total += 1
+                self.metrics.refused["call_token"] += 1
                 return problem
         key = (call.carrier.name, frame.call_id or frame.stream_id)
         if key[1]:
             other = self.live.get(key)
             if other is not None and other is not call:
-                self.refused_total += 1
+                self.metrics.refused["duplicate_call_id"] += 1
                 return f"call {key[1]!r} is already live on this server"
             self.live[key] = call
         if conn is not None and conn.pending:
             conn.pending = False
             self._count(self._pending_per_ip, conn.ip, -1)
             conn.seen_at = time.monotonic()
-        if token is None:
-            return frame
-        call.context.custom_parameters = params
-        return replace(frame, custom_parameters=params)
+        if token is not None:
+            call.context.custom_parameters = params
+            frame = replace(frame, custom_parameters=params)
+        if conn is not None and conn.trace is not None:
+            conn.trace.start(frame)
+        return frame
 
     def _untrack(self, call: CallGraph) -> None:
         self.calls.discard(call)
         key = (call.carrier.name, call.context.call_id or call.context.stream_id)
         if self.live.get(key) is call:
             del self.live[key]
+        self.metrics.call_ended(call)
         conn = self._conns.pop(call, None)
         if conn is not None:
             self._count(self._per_ip, conn.ip, -1)
@@ -570,18 +606,23 @@ class TelewireServer:
 
     def _refuse_socket(self, request: web.Request, carrier: Any, ip: str) -> web.Response | None:
         s = self.settings
+        refused = self.metrics.refused
         if self.draining:
+            refused["draining"] += 1
             return web.Response(status=503, text="server is draining\n")
         if carrier.name in self.unusable:
             return web.Response(status=501, text=f"{self.unusable[carrier.name]}\n")
         if len(self.calls) >= s.max_calls:
+            refused["capacity"] += 1
             logger.warning("call refused: {} live calls is the limit", s.max_calls)
             return web.Response(status=503, text="at capacity\n")
         if self._pending_per_ip.get(ip, 0) >= s.max_pending_per_ip:
+            refused["pending_per_ip"] += 1
             logger.warning("media socket from {} refused: {} of its sockets have not started "
                            "a call yet", ip, s.max_pending_per_ip)
             return web.Response(status=429, text="too many unstarted connections\n")
         if self._per_ip.get(ip, 0) >= (s.max_connections_per_ip or s.max_calls):
+            refused["connections_per_ip"] += 1
             logger.warning("media socket from {} refused: {} connections from one address is "
                            "the limit", ip, s.max_connections_per_ip or s.max_calls)
             return web.Response(status=429, text="too many connections from this address\n")
@@ -620,11 +661,15 @@ class TelewireServer:
             except (ConnectionError, RuntimeError) as exc:
                 logger.debug("send on closed media socket dropped: {}", exc)
 
-        call = CallGraph(self.graph, carrier, send,
-                         self.observers() if self.observers else {}, on_start=self._admit)
+        observers = self.observers() if self.observers else {}
+        traced = self.tracing.new_call() if self.tracing is not None else None
+        if traced is not None:
+            observers = traced.observers(self.graph, observers)
+        call = CallGraph(self.graph, carrier, send, observers, on_start=self._admit)
         tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
         self.calls.add(call)
-        self._conns[call] = _Conn(call=call, ip=ip, opened=time.monotonic(), signed=signed)
+        self._conns[call] = _Conn(call=call, ip=ip, opened=time.monotonic(), signed=signed,
+                                  trace=traced)
         self._count(self._per_ip, ip, 1)
         self._count(self._pending_per_ip, ip, 1)
         self.calls_total += 1
@@ -655,6 +700,8 @@ class TelewireServer:
             call.log.exception("call failed")
         finally:
             await call.end(reason, detail)
+            if traced is not None:
+                traced.end(call.end_frame)
             closer.cancel()
             await ws.close()
             self._untrack(call)

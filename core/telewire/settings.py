@@ -96,6 +96,8 @@ class ServerSettings(BaseSettings):
         answer_parameters: custom parameters put in every answer document's stream.
         operator_token: the bearer token of the operator API (``/api/…``); unset turns the
             operator API off (404).
+        metrics_token: a read-only bearer token for ``GET /metrics`` (the operator token works
+            there too); with neither, ``/metrics`` answers 404.
         admin_host / admin_port: when ``admin_port`` is set, the operator API is served only on
             this second listener (keep it off the public network), not on the carrier port.
         carriers: comma-separated carriers to serve (``twilio,bandwidth``); the others' routes
@@ -118,6 +120,11 @@ class ServerSettings(BaseSettings):
         header_timeout_s: an HTTP connection that has not sent a whole request head by then is
             closed (slow-header clients).
         nodes: node-config overrides, ``{node: {key: value}}``.
+        trace_frames: per-frame span events: ``off`` (none; nothing runs per audio frame),
+            ``sampled`` (1 audio frame in 50 per port, every other frame) or ``all``.
+        trace_content: put caller content (transcripts, tool arguments, steer instructions) on
+            spans, as attributes prefixed ``telewire.content.``; off by default.
+        spans_db: the SQLite database of the embedded span store (table ``workflow_spans``).
     """
 
     model_config = SettingsConfigDict(
@@ -138,6 +145,7 @@ class ServerSettings(BaseSettings):
     log_json: bool = False
     answer_parameters: dict[str, str] = Field(default_factory=dict)
     operator_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     admin_host: str = "127.0.0.1"
     admin_port: int | None = Field(default=None, ge=0, le=65535)
     carriers: str = ""
@@ -152,8 +160,11 @@ class ServerSettings(BaseSettings):
     max_connections_per_ip: int = Field(default=0, ge=0)
     header_timeout_s: float = Field(default=10.0, gt=0)
     nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    trace_frames: Literal["off", "sampled", "all"] = "sampled"
+    trace_content: bool = False
+    spans_db: Path = Path("telewire-spans.db")
 
-    @field_validator("operator_token", "call_token_secret", mode="before")
+    @field_validator("operator_token", "metrics_token", "call_token_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
