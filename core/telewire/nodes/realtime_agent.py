@@ -1,15 +1,20 @@
 """The ``realtime_agent`` node (``rt``): connects the call to a realtime speech-to-speech model.
 
-Depends on ``telewire.nodes.base``, ``telewire.realtime`` and ``telewire.frames``.
+Depends on ``telewire.nodes.base``, ``telewire.realtime``, ``telewire.cost`` and
+``telewire.frames``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from decimal import Decimal
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field
+from loguru import logger
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from telewire.cost import CallCost, ModelPrice, PriceTable, Usage, default_prices
 from telewire.errors import ConfigError, ProviderError
 from telewire.frames import (
     AudioFrame,
@@ -29,6 +34,10 @@ from telewire.tools import ToolBox
 
 __all__ = ["RealtimeAgent"]
 
+#: what the model is told to say when a call reaches its budget
+DEFAULT_BUDGET_GOODBYE = ("Tell the caller, in one short sentence, that this call has reached its "
+                          "limit and has to end now, and say goodbye.")
+
 
 class RealtimeAgentConfig(ProviderConfig):
     """``[nodes.rt.config]``: the provider settings plus how the node buffers.
@@ -36,10 +45,52 @@ class RealtimeAgentConfig(ProviderConfig):
     Attributes:
         max_pending_ms: caller audio kept while the model connection opens; older audio is
             dropped (and counted) beyond this.
+        max_call_seconds: the call's time budget from its start; unset: none. The server-wide
+            ``TELEWIRE_MAX_CALL_S`` stays the hard limit above it.
+        max_cost_usd: the call's model-cost budget in USD, checked after each response's usage;
+            unset: none. Needs the model's price (a warning says when it cannot be enforced).
+        budget_goodbye: on reaching a budget, the instruction the model is given to say goodbye
+            (sent as a ``response.create`` with these instructions); ``""`` hangs up at once.
+        budget_goodbye_timeout_s: how long the goodbye may take before hanging up anyway.
+        prices: price overrides by model for this node's provider, each a table of rates
+            (``audio_input``, ``audio_cached_input``, ``text_output`` …, USD per 1M tokens, or
+            ``per_minute``), replacing the shipped entry (``telewire/data/prices.toml``).
+        prices_file: a TOML file shaped like the shipped one, merged over it model by model.
     """
 
     model_config = ConfigDict(extra="forbid")
     max_pending_ms: int = Field(default=10_000, gt=0)
+    max_call_seconds: float | None = Field(default=None, gt=0)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    budget_goodbye: str = DEFAULT_BUDGET_GOODBYE
+    budget_goodbye_timeout_s: float = Field(default=15.0, gt=0)
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    prices_file: str | None = None
+    _price_table: PriceTable = PrivateAttr(default_factory=default_prices)
+
+    @model_validator(mode="after")
+    def _load_prices(self) -> "RealtimeAgentConfig":
+        table = default_prices()
+        try:
+            if self.prices_file:
+                table = table.merged(PriceTable.load(self.prices_file))
+            if self.prices:
+                table = table.with_models(self.provider, {
+                    m: ModelPrice.parse(m, r, where="rt.config.prices")
+                    for m, r in self.prices.items()})
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        self._price_table = table
+        if self.max_cost_usd is not None and table.lookup(self.provider, self.model) is None:
+            logger.warning("rt.config.max_cost_usd is set but {} model {!r} has no price, so the "
+                           "cost budget cannot be enforced; set rt.config.prices",
+                           self.provider, self.model)
+        return self
+
+    @property
+    def price_table(self) -> PriceTable:
+        """The shipped prices with this node's ``prices_file`` and ``prices`` over them."""
+        return self._price_table
 
 
 class RealtimeAgent(Node):
@@ -64,10 +115,17 @@ class RealtimeAgent(Node):
         super().__init__(name, config, call)
         self.session: RealtimeSession | None = None
         self._ready = False
+        self._ended = False
         self._pending: list[AudioFrame] = []
         self._pending_ms = 0.0
         self.dropped_frames = 0
         self._connect: asyncio.Task[None] | None = None
+        #: the call's running model cost (:class:`telewire.cost.CallCost`): ``cost.usd``
+        self.cost = CallCost.for_model(config.provider, config.model, config.price_table)
+        #: the budget reached (``"max_call_seconds"`` / ``"max_cost_usd"``), once one is
+        self.budget_reached: str | None = None
+        self._budget_timer: asyncio.TimerHandle | None = None
+        self._budget_task: asyncio.Task[None] | None = None
         self._routes = {
             AudioFrame: "audio_out",
             TranscriptFrame: "transcript",
@@ -89,6 +147,11 @@ class RealtimeAgent(Node):
             await self.call.end("config_error", str(exc))
             return
         self._connect = asyncio.create_task(self._open(frame), name=f"{self.name}-connect")
+        limit = self.config.max_call_seconds
+        if limit is not None:
+            self._budget_timer = asyncio.get_running_loop().call_later(
+                limit, self._over_budget, "max_call_seconds",
+                f"the call reached max_call_seconds ({limit:g} s)")
 
     async def _open(self, frame: StartFrame) -> None:
         assert self.session is not None
@@ -111,6 +174,8 @@ class RealtimeAgent(Node):
         if type(frame) is AudioFrame:
             await self._out["audio_out"](frame)
             return
+        if type(frame) is UsageFrame:
+            frame = self._priced(frame)
         port = self._routes.get(type(frame))
         if port is not None:
             if port == "errors":
@@ -120,7 +185,51 @@ class RealtimeAgent(Node):
             asyncio.get_running_loop().call_soon(
                 lambda: asyncio.ensure_future(self.call.end(frame.reason, frame.detail)))
 
+    # -- cost and budgets ----------------------------------------------------------------------------
+
+    def _priced(self, frame: UsageFrame) -> UsageFrame:
+        """Add a response's usage to :attr:`cost`; the frame goes on with its cost and the
+        call's so far. Reaching ``max_cost_usd`` starts the goodbye."""
+        try:
+            usage = Usage.from_frame(frame)
+        except ValueError as exc:
+            self.call.log.warning("{}: usage not counted: {}", self.name, exc)
+            return frame
+        cost = self.cost.add(usage)
+        cap, total = self.config.max_cost_usd, self.cost.usd
+        if cap is not None and total is not None and total >= cap:
+            self._over_budget("max_cost_usd",
+                              f"the call's model cost reached max_cost_usd (${cap}): ${total}")
+        return dataclasses.replace(frame, cost_usd=None if cost is None else float(cost),
+                                   call_cost_usd=self.cost.usd_float)
+
+    def _over_budget(self, cap: str, detail: str) -> None:
+        """A budget is reached: stop feeding the model, have it say goodbye, hang up (once)."""
+        self._budget_timer = None
+        if self.budget_reached is not None or self._ended:
+            return
+        self.budget_reached = cap
+        self.call.log.warning("{}: {}; ending the call", self.name, detail)
+        self._budget_task = asyncio.ensure_future(self._say_goodbye(detail))
+
+    async def _say_goodbye(self, detail: str) -> None:
+        text = self.config.budget_goodbye.strip()
+        if text and self._ready and self.session is not None:
+            try:
+                said = await asyncio.wait_for(self.session.say(text, tag="budget_goodbye"),
+                                              self.config.budget_goodbye_timeout_s)
+            except TimeoutError:
+                said = False
+                self.call.log.warning("{}: the budget goodbye did not finish within {:g} s; "
+                                      "hanging up", self.name,
+                                      self.config.budget_goodbye_timeout_s)
+            if not said:
+                self.call.log.info("{}: the budget goodbye was not completed", self.name)
+        await self.call.hang_up("budget", detail)
+
     async def on_audio_in(self, frame: AudioFrame) -> None:  # type: ignore[override]
+        if self.budget_reached is not None:
+            return  # saying goodbye: the model hears no more (and bills no more caller audio)
         if self._ready:
             await self.session.send_audio(frame)  # type: ignore[union-attr]
             return
@@ -134,18 +243,25 @@ class RealtimeAgent(Node):
             self.dropped_frames += 1
 
     async def on_dtmf_in(self, frame: DTMFFrame) -> None:  # type: ignore[override]
-        if self._ready:
+        if self._ready and self.budget_reached is None:
             await self.session.send_dtmf(frame)  # type: ignore[union-attr]
 
     async def on_interrupt_in(self, frame: InterruptFrame) -> None:  # type: ignore[override]
-        if self._ready:
+        if self._ready and self.budget_reached is None:
             await self.session.interrupt(frame)  # type: ignore[union-attr]
 
     async def on_steer_in(self, frame: SteerFrame) -> None:  # type: ignore[override]
-        if self._ready:
+        if self._ready and self.budget_reached is None:
             await self.session.steer(frame)  # type: ignore[union-attr]
 
     async def on_call_end(self, frame: EndFrame) -> None:
+        self._ended = True
+        if self._budget_timer is not None:
+            self._budget_timer.cancel()
+            self._budget_timer = None
+        task = self._budget_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
         if self._connect is not None and not self._connect.done():
             self._connect.cancel()
             try:

@@ -44,6 +44,7 @@ from telewire.archive import (
     archive_key,
     uploader_for,
 )
+from telewire.cost import call_cost, total_usd
 from telewire.errors import ConfigError, TelewireError
 from telewire.frames import (
     AudioFrame,
@@ -396,6 +397,11 @@ class Recorder(Node):
             "frames_not_in_wav": self.not_in_wav,
             "frames_dropped": self._caller.dropped + self._agent.dropped,
         }
+        costs = call_cost(self.call)  # the call's model cost (telewire.cost), in the manifest
+        if costs:
+            total = total_usd(costs)
+            counters["cost_usd"] = None if total is None else float(total)
+            counters["cost"] = [c.as_dict() for c in costs]
         try:
             self.ready = await self.uploader.complete(
                 self.partial, end_reason=frame.reason, end_detail=frame.detail,

@@ -195,6 +195,13 @@ class RealtimeSession(abc.ABC):
     async def steer(self, frame: SteerFrame) -> None:
         """Change instructions or voice mid-call (default: ignored)."""
 
+    async def say(self, instructions: str, *, tag: str = "say") -> bool:
+        """Have the model speak now as ``instructions`` say (a goodbye before hanging up), and
+        return once that response is done: ``True`` when it completed, ``False`` when it did not
+        or the provider cannot be asked (the default: returns ``False`` at once). The caller
+        bounds the wait."""
+        return False
+
     def counters(self) -> dict[str, int]:
         """What the session counted this call (reconnections, bad input dropped …), by name;
         the ``realtime_agent`` node logs the non-zero ones when the call ends (default: none)."""
