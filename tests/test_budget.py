@@ -142,3 +142,41 @@ async def test_an_empty_goodbye_hangs_up_without_asking_the_model(tmp_path: Path
     assert conn.events("response.create") == []
     assert hangups == ["budget"] and result.close_code == 1000
     assert manifest(tmp_path)["end_reason"] == "budget"
+
+
+async def test_a_goodbye_refused_because_a_response_had_just_started_is_sent_again():
+    """The provider's VAD starts a response just as the goodbye's response.create leaves (its
+    response.created still in flight): the create is refused with
+    conversation_already_has_active_response, and the goodbye goes again once that response
+    is done."""
+    from telewire.frames import StartFrame
+    from telewire.realtime.base import ProviderConfig, create_session
+
+    async def sink(frame) -> None:
+        pass
+
+    async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=300) as fake:
+        session = create_session(ProviderConfig(provider="openai", url=fake.url), sink)
+        await session.start(StartFrame(carrier="twilio", stream_id="MZ0001", call_id="CA0001"))
+        try:
+            conn = await fake.wait_for_connection()
+            await conn.wait_for("session.update")
+            await conn.start_response()
+            async with asyncio.timeout(10):
+                while not session.response_active:
+                    await asyncio.sleep(0.01)
+            started = session._response_id
+            session._response_id = None  # as if its response.created had not been read yet
+            say = asyncio.create_task(session.say(GOODBYE, tag="budget_goodbye"))
+            await conn.wait_for("response.create")  # refused: a response is active
+            session._response_id = started  # ... and now it has been
+            await conn.finish_response("Hm.")
+            assert await asyncio.wait_for(say, 10) is True
+        finally:
+            await session.close()
+        creates = conn.events("response.create")
+        assert len(creates) >= 2
+        assert all(c["response"]["instructions"] == GOODBYE for c in creates)
+        assert [r["status"] for r in conn.responses] == ["completed", "completed"]
+        for event in conn.received:
+            assert_ga(event, side="client")

@@ -233,3 +233,15 @@ async def test_a_session_reports_the_fake_models_cached_usage_and_it_prices_exac
                + u.output_text_tokens * Decimal("16.00")
                + u.output_audio_tokens * Decimal("64.00")) / 1_000_000
     assert cost.add(u) == by_hand
+
+
+def test_the_example_in_docs_cost_md_loads_as_a_graph_config():
+    import re
+    import tomllib
+
+    page = (Path(__file__).parent.parent / "docs" / "cost.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", page, re.S).group(1)
+    config = RealtimeAgentConfig.model_validate(tomllib.loads(example)["nodes"]["rt"]["config"])
+    assert config.max_cost_usd == Decimal("0.5") and config.max_call_seconds == 900
+    price = config.price_table.lookup("openai", "gpt-realtime")
+    assert price.source == "our contract, 2026-12" and price.audio_output == Decimal("64.00")

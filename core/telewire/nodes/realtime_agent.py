@@ -195,8 +195,12 @@ class RealtimeAgent(Node):
         except ValueError as exc:
             self.call.log.warning("{}: usage not counted: {}", self.name, exc)
             return frame
+        known = self.cost.known
         cost = self.cost.add(usage)
         cap, total = self.config.max_cost_usd, self.cost.usd
+        if cap is not None and total is None and known:
+            self.call.log.warning("{}: the call's cost is unknown from now on (see the warning "
+                                  "above), so max_cost_usd cannot be enforced", self.name)
         if cap is not None and total is not None and total >= cap:
             self._over_budget("max_cost_usd",
                               f"the call's model cost reached max_cost_usd (${cap}): ${total}")
@@ -271,8 +275,7 @@ class RealtimeAgent(Node):
         if self.session is not None:
             await self.session.close()
         self._ready = False
-        counts = {k: v for k, v in self.counters().items()
-                  if ":" not in k and k != "model_reconnects"}  # not the metrics' copies
+        counts = self.counters()
         if any(counts.values()):
             self.call.log.info("{}: {}", self.name,
                                ", ".join(f"{k} {v}" for k, v in counts.items() if v))
@@ -283,11 +286,4 @@ class RealtimeAgent(Node):
         counts = {"caller_frames_dropped": self.dropped_frames}
         if self.session is not None:
             counts.update(self.session.counters())
-        # the metrics' names for the same counts (telewire.metrics)
-        counts["dropped_frames:model_not_ready"] = self.dropped_frames
-        counts["dropped_frames:bad_model_audio"] = counts.get("bad_audio_deltas", 0)
-        counts["model_reconnects"] = counts.get("reconnects", 0) + counts.get("handovers", 0)
         return counts
-
-    def samples(self) -> dict[str, list[float]]:
-        return self.session.samples() if self.session is not None else {}

@@ -168,6 +168,7 @@ class OpenAISession(RealtimeSession):
         #: say(): the response.create we sent with metadata {"telewire": TAG}, by TAG, resolved
         #: at that response's response.done (True when it completed)
         self._say_waiters: dict[str, asyncio.Future[bool]] = {}
+        self._say_refused: set[str] = set()  # ... whose create the provider refused (busy)
         self._productive = False  # the live connection has produced a response
         self._barren = 0  # consecutive connections the provider closed before any response
         self._complaints: dict[str, _Throttle] = {}
@@ -501,18 +502,26 @@ class OpenAISession(RealtimeSession):
         response's ``response.done``. Returns ``True`` once that response completed, ``False``
         when it did not (cancelled, failed, or the session ended); the caller bounds the wait.
         """
-        while self._response_id is not None and not self._ended:
-            await asyncio.sleep(0.02)
-        if self._ended or self._closed:
-            return False
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._say_waiters[tag] = waiter
-        await self._send_event({"type": "response.create", "response": {
-            "instructions": instructions, "metadata": {"telewire": tag}}})
         try:
-            return await waiter
+            for _ in range(5):  # a create refused because a response had just started: again
+                while self._response_id is not None and not self._ended:
+                    await asyncio.sleep(0.02)
+                if self._ended or self._closed:
+                    return False
+                self._say_refused.discard(tag)
+                await self._send_event({
+                    "type": "response.create", "event_id": _SAY_EVENT_PREFIX + tag,
+                    "response": {"instructions": instructions, "metadata": {"telewire": tag}}})
+                while not waiter.done() and tag not in self._say_refused:
+                    await asyncio.wait({waiter}, timeout=0.05)
+                if waiter.done():
+                    return waiter.result()
+            return False
         finally:
             self._say_waiters.pop(tag, None)
+            self._say_refused.discard(tag)
 
     # -- session configuration -------------------------------------------------------------------
 
@@ -826,7 +835,13 @@ class OpenAISession(RealtimeSession):
             self._log.error("{}: fatal provider error {}: {!r}", self.name, code, message)
             await self._end("provider_error", f"{code}: {message}")
         elif code in BENIGN_ERROR_CODES:
-            if code == "conversation_already_has_active_response" and self._create_sent_at:
+            sent = str(event["error"].get("event_id") or "")
+            if (code == "conversation_already_has_active_response"
+                    and sent.startswith(_SAY_EVENT_PREFIX)):
+                # say()'s create lost a race with a response the provider started: say() sends
+                # it again once that response is done
+                self._say_refused.add(sent[len(_SAY_EVENT_PREFIX):])
+            elif code == "conversation_already_has_active_response" and self._create_sent_at:
                 # our response.create lost a race with one the provider started itself: answer
                 # the digits once that one is done
                 self._create_sent_at = None
@@ -949,6 +964,10 @@ def _clipped(item: dict[str, Any], chars: int) -> dict[str, Any]:
 def _tokens(value: Any) -> int:
     """A token count from a provider's usage object: a non-negative int, anything else 0."""
     return value if type(value) is int and value > 0 else 0
+
+
+#: ``event_id`` prefix of say()'s ``response.create`` (its refusal names it)
+_SAY_EVENT_PREFIX = "telewire-say-"
 
 
 class _Throttle:

@@ -29,7 +29,10 @@ acknowledges ``conversation.item.create`` / ``truncate`` / ``delete`` / ``retrie
 responses, truncations and function outputs, and can answer the next response with a scripted
 function call (:meth:`FakeConnection.script_tool_call`, :attr:`FakeRealtimeServer.next_tool_calls`).
 Tests can push server events (transcripts, VAD, usage, errors), expire the session, close or drop
-the connection with the :class:`FakeConnection` methods.
+the connection with the :class:`FakeConnection` methods. A response's ``response.done`` carries
+deterministic GA usage in which the previous response's input counts as cached (a subset of the
+input, split by modality, as the provider's prompt cache reports it), and echoes the
+``response.metadata`` its ``response.create`` gave, as the real server does.
 
 Run standalone: ``python -m telewire.testing.fake_realtime --port 8765 --mode talk``.
 """
