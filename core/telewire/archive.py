@@ -63,6 +63,7 @@ __all__ = [
     "read_wav_channel",
     "spool_instance_id",
     "uploader_for",
+    "uploaders",
     "wav_header",
     "write_json",
 ]
@@ -617,6 +618,7 @@ class Uploader:
         self._resumed_loops: set[int] = set()
         self._resuming: set[asyncio.Task[None]] = set()
         self._held: dict[Path, int] = {}  # partial folder -> the lock its recording holds
+        self.failures = 0  # upload attempts that failed (each is retried), for metrics
         self._instance_id: str | None = None
 
     @property
@@ -701,7 +703,13 @@ class Uploader:
                 finally:
                     self._waiting.discard(ready)
 
+    def spooled(self) -> int:
+        """Archives of this process waiting in the spool for the store (uploading or waiting
+        to retry)."""
+        return sum(1 for t in self._tasks.values() if not t.done())
+
     def _note_failure(self, ready: Path, error: str, attempt: int) -> None:
+        self.failures += 1
         try:
             status = read_json(ready / STATUS) if (ready / STATUS).exists() else {}
             status.update(attempts=int(status.get("attempts", 0)) + 1, last_error=error,
@@ -920,6 +928,11 @@ class Uploader:
 
 
 _UPLOADERS: dict[Path, Uploader] = {}
+
+
+def uploaders() -> list[Uploader]:
+    """This process's uploaders, one per spool folder in use."""
+    return list(_UPLOADERS.values())
 
 
 def uploader_for(spool_dir: str | Path, *, retry_initial_s: float = 1.0,

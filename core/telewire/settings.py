@@ -96,6 +96,8 @@ class ServerSettings(BaseSettings):
         answer_parameters: custom parameters put in every answer document's stream.
         operator_token: the bearer token of the operator API (``/api/…``); unset turns the
             operator API off (404).
+        metrics_token: a read-only bearer token for ``GET /metrics`` (the operator token works
+            there too); with neither, ``/metrics`` answers 404.
         admin_host / admin_port: when ``admin_port`` is set, the operator API is served only on
             this second listener (keep it off the public network), not on the carrier port.
         carriers: comma-separated carriers to serve (``twilio,bandwidth``); the others' routes
@@ -143,6 +145,7 @@ class ServerSettings(BaseSettings):
     log_json: bool = False
     answer_parameters: dict[str, str] = Field(default_factory=dict)
     operator_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     admin_host: str = "127.0.0.1"
     admin_port: int | None = Field(default=None, ge=0, le=65535)
     carriers: str = ""
@@ -161,7 +164,7 @@ class ServerSettings(BaseSettings):
     trace_content: bool = False
     spans_db: Path = Path("telewire-spans.db")
 
-    @field_validator("operator_token", "call_token_secret", mode="before")
+    @field_validator("operator_token", "metrics_token", "call_token_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

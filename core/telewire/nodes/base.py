@@ -100,6 +100,17 @@ class Node:
     def observe(self, node: str, port: str, frame: Frame) -> None:
         """See a frame leaving ``node.port`` (only for ``observes_all`` nodes). Must be quick."""
 
+    def counters(self) -> Mapping[str, float]:
+        """What this node counted so far, for metrics (``telewire.metrics``): ``name`` or
+        ``name:label`` -> a number. Read when metrics are scraped and when the call ends, never
+        per frame; nodes keep plain counters and report them here."""
+        return {}
+
+    def samples(self) -> Mapping[str, list[float]]:
+        """Histogram samples this call produced (``model_first_audio_seconds`` …), read once
+        when the call ends."""
+        return {}
+
     @classmethod
     async def on_server_start(cls, name: str, config: Any) -> None:
         """A server that runs this node's graph started (once per node of the graph, before

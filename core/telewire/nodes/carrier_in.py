@@ -153,6 +153,12 @@ class CarrierIn(Node):
             self.audio_frames += 1
             await self.emit("audio", frame)
 
+    def counters(self) -> dict[str, float]:
+        return {"frames_in": self.audio_frames,
+                "dropped_frames:rate_limit": self.dropped_messages,
+                "dropped_frames:dtmf_rate_limit": self.dropped_dtmf,
+                "dropped_frames:malformed": self.error_count}
+
     def _take_dtmf(self) -> bool:
         """One DTMF digit from its bucket; ``False`` (dropped, counted) when it is empty."""
         cfg = self.config

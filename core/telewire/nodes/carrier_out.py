@@ -17,6 +17,10 @@ from telewire.playback import PlaybackLedger
 
 __all__ = ["CarrierOut"]
 
+#: interrupt sources counted by name; any other is counted as ``other`` (a label set that a
+#: misbehaving node cannot grow)
+_SOURCES = frozenset({"dtmf", "vad", "model", "operator", "tool"})
+
 
 class CarrierOutConfig(NodeConfig):
     """``[nodes.tel_out.config]``.
@@ -70,6 +74,8 @@ class CarrierOut(Node):
         self._acked = asyncio.Event()
         self.frames_sent = 0
         self.clears_sent = 0
+        self.interrupts: dict[str, int] = {}
+        self.reactions_s: list[float] = []  # interrupt raised -> clear sent, per barge-in
 
     async def _mark(self, name: str | None) -> None:
         if name is not None:
@@ -100,6 +106,10 @@ class CarrierOut(Node):
             if msg is not None:
                 self.clears_sent += 1
                 await self._send(msg)
+                if len(self.reactions_s) < 1000:
+                    self.reactions_s.append(self._clock() - frame.raised_at)
+        source = frame.source if frame.source in _SOURCES else "other"
+        self.interrupts[source] = self.interrupts.get(source, 0) + 1
         heard = self.ledger.clear(now)
         self.call.log.info("barge-in ({}): {}", frame.source,
                            f"item {heard.item_id} heard {heard.heard_ms:.0f} of "
@@ -107,7 +117,16 @@ class CarrierOut(Node):
         await self.emit("heard", InterruptFrame(
             source=frame.source, reason=frame.reason,
             item_id=heard.item_id if heard else None,
-            heard_ms=heard.heard_ms if heard else None))
+            heard_ms=heard.heard_ms if heard else None, raised_at=frame.raised_at))
+
+    def counters(self) -> dict[str, float]:
+        out: dict[str, float] = {"frames_out": self.frames_sent}
+        for source, n in self.interrupts.items():
+            out["interrupts:" + source] = n
+        return out
+
+    def samples(self) -> dict[str, list[float]]:
+        return {"barge_in_reaction_seconds": self.reactions_s}
 
     async def on_marks_in(self, frame: MarkFrame) -> None:  # type: ignore[override]
         if self.ledger.acknowledged(frame.name, self._clock()):

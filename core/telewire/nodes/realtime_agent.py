@@ -275,7 +275,8 @@ class RealtimeAgent(Node):
         if self.session is not None:
             await self.session.close()
         self._ready = False
-        counts = self.counters()
+        counts = {k: v for k, v in self.counters().items()
+                  if ":" not in k and k != "model_reconnects"}  # not the metrics' copies
         if any(counts.values()):
             self.call.log.info("{}: {}", self.name,
                                ", ".join(f"{k} {v}" for k, v in counts.items() if v))
@@ -286,4 +287,11 @@ class RealtimeAgent(Node):
         counts = {"caller_frames_dropped": self.dropped_frames}
         if self.session is not None:
             counts.update(self.session.counters())
+        # the metrics' names for the same counts (telewire.metrics)
+        counts["dropped_frames:model_not_ready"] = self.dropped_frames
+        counts["dropped_frames:bad_model_audio"] = counts.get("bad_audio_deltas", 0)
+        counts["model_reconnects"] = counts.get("reconnects", 0) + counts.get("handovers", 0)
         return counts
+
+    def samples(self) -> dict[str, list[float]]:
+        return self.session.samples() if self.session is not None else {}

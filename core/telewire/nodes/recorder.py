@@ -132,7 +132,8 @@ def frame_record(frame: Frame) -> dict[str, Any]:
     by ``"payload_encoding": "base64"``)."""
     out: dict[str, Any] = {"kind": frame.kind}
     for f in fields(frame):  # type: ignore[arg-type]
-        out[f.name] = _jsonable(getattr(frame, f.name))
+        if f.metadata.get("record", True):  # process-local values (a monotonic time) are not
+            out[f.name] = _jsonable(getattr(frame, f.name))
     if isinstance(frame, AudioFrame) and isinstance(frame.payload, bytes):
         out["payload_encoding"] = "base64"
     return out

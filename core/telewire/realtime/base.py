@@ -207,6 +207,11 @@ class RealtimeSession(abc.ABC):
         the ``realtime_agent`` node logs the non-zero ones when the call ends (default: none)."""
         return {}
 
+    def samples(self) -> dict[str, list[float]]:
+        """Histogram samples of this call (``model_first_audio_seconds``: seconds from a
+        response's start to its first audio), read once when the call ends (default: none)."""
+        return {}
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the session; idempotent."""
