@@ -378,3 +378,18 @@ def test_call_tokens_expire_and_are_bound_to_their_carrier():
     assert "expired" in tokens.redeem("twilio", b)
     other = CallTokens(b"k" * 32, ttl_s=60, clock=lambda: now[0])  # another process, same key
     assert other.redeem("twilio", tokens.issue("twilio")) is None
+
+
+async def test_wire_text_in_a_request_path_or_forwarded_header_cannot_forge_log_lines(
+        server, log_lines):
+    srv = await server(operator_token=TOKEN, trust_forwarded=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{srv.port}/api/calls%0aERROR%20forged") as r:
+            assert r.status == 401
+        async with http.get(f"http://127.0.0.1:{srv.port}/api/calls",
+                            headers={"X-Forwarded-For": "1.2.3.4, evil\tline"}) as r:
+            assert r.status == 401
+    refused = [line for line in log_lines if "refused" in line]
+    assert len(refused) == 2
+    assert not any("\n" in line or "evil" in line for line in refused)
+    assert any("from invalid" in line for line in refused)

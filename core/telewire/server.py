@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import socket
 import time
 from dataclasses import dataclass, replace
@@ -55,6 +56,8 @@ _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 _SOCKET_DONE = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 #: the largest HTTP body accepted (webhooks and operator requests are small)
 _MAX_BODY = 256 * 1024
+#: what an X-Forwarded-For hop may be: an IPv4 or IPv6 address (with an optional port)
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.\[\]]+")
 #: operator steer limits
 _MAX_INSTRUCTIONS = 32 * 1024
 _MAX_VOICE = 64
@@ -304,7 +307,7 @@ class TelewireServer:
         else:
             return await handler(request)
         if not tokens:
-            return _json_error(404, f"{request.path} is off: set TELEWIRE_OPERATOR_TOKEN"
+            return _json_error(404, f"{request.path[:80]!r} is off: set TELEWIRE_OPERATOR_TOKEN"
                                     + (" or TELEWIRE_METRICS_TOKEN" if request.path == "/metrics"
                                        else ""))
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -312,8 +315,8 @@ class TelewireServer:
         # every token compared, so the time taken does not say which one nearly matched
         matches = [hmac.compare_digest(presented, token) for token in tokens]
         if scheme.lower() != "bearer" or not any(matches):
-            logger.warning("operator API: request to {} from {} refused (missing or wrong "
-                           "bearer token)", request.path, self._remote(request))
+            logger.warning("operator API: request to {!r} from {} refused (missing or wrong "
+                           "bearer token)", request.path[:120], self._remote(request))
             return _json_error(401, "missing or wrong bearer token",
                                **{"WWW-Authenticate": 'Bearer realm="telewire"'})
         if request.method == "POST" and request.content_type != "application/json":
@@ -327,7 +330,9 @@ class TelewireServer:
             forwarded = request.headers.get("X-Forwarded-For", "")
             hops = [h.strip() for h in forwarded.split(",") if h.strip()]
             if hops:
-                return hops[-1][:64]
+                hop = hops[-1]
+                # an address, never text that could forge a log line or grow the per-IP maps
+                return hop if len(hop) <= 64 and _ADDRESS.fullmatch(hop) else "invalid"
         return request.remote or "unknown"
 
     async def _sweep(self) -> None:
