@@ -52,6 +52,7 @@ test-deps: test-lowest test
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/recorder_rss.py --minutes 30 --json bench/results/recorder-rss.json
+	$(PY) bench/hostile.py --json bench/results/hostile.json
 
 clean:
 	rm -rf $(VENV) $(LOWEST) build *.egg-info core/*.egg-info plugins/*/*.egg-info
