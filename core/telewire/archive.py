@@ -8,7 +8,8 @@ An archive is four files under one key prefix in a store::
     <carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/<archive id>/
         call.wav          stereo, caller left, agent right, in the call's codec (mu-law: tag 7)
         transcript.json   turns: role, text, start/end ms, interrupted
-        events.jsonl      every frame with its media time, audio payloads in wire form
+        events.jsonl      every frame with its media time; audio as references into
+                          call.wav (format 2) or as base64 payloads (format 1)
         manifest.json     ids, format, lengths, counters, end reason (uploaded last)
 
 While a call runs its files are spooled under ``<spool>/<archive id>.partial/`` (the two
@@ -49,6 +50,7 @@ from telewire.timeline import TranscriptBuilder
 
 __all__ = [
     "ARCHIVE_FILES",
+    "EVENTS_FORMAT",
     "ArchiveReader",
     "ArchiveRecord",
     "SpoolEntry",
@@ -73,6 +75,10 @@ WAV, TRANSCRIPT, EVENTS, MANIFEST = "call.wav", "transcript.json", "events.jsonl
 ARCHIVE_FILES = (WAV, TRANSCRIPT, EVENTS, MANIFEST)
 CALLER_TRACK, AGENT_TRACK = "caller.track", "agent.track"
 CALL_META, STATUS = "call.json", "status.json"
+#: The event log's format, in ``call.json``, the manifest and the log's first record:
+#: 1 (no field) repeated every audio frame's payload in base64; 2 logs audio as runs that give
+#: their place in ``call.wav`` (``channel``, ``at``, ``len``: bytes of that channel).
+EVENTS_FORMAT = 2
 #: In each spooled archive: held (``flock``) by the process recording, recovering or uploading it.
 LOCK = "lock"
 #: In the spool folder: the spool's instance id, made once.
@@ -481,6 +487,7 @@ def finalize(partial: Path, *, end_reason: str, end_detail: str = "",
         (partial / EVENTS).touch()
     manifest = {
         "version": 1,
+        "events_format": meta.get("events_format", 1),
         **{k: meta[k] for k in ("archive_id", "carrier", "stream_id", "call_id", "account_id",
                                 "custom_parameters", "media_format", "started_at", "store",
                                 "key")},
@@ -1002,6 +1009,11 @@ class ArchiveReader:
         fmt = self.manifest["media_format"]
         self.codec, self.sample_rate = fmt["codec"], fmt["sample_rate"]
         self.bytes_per_ms = self.sample_rate * len(SILENCE[self.codec]) / 1000.0
+        #: 1: audio records carry base64 payloads; 2: they reference ``call.wav``
+        self.events_format = int(self.manifest.get("events_format", 1))
+        if self.events_format not in (1, EVENTS_FORMAT):
+            raise TelewireError(f"{folder}: event log format {self.events_format} was written "
+                                f"by a newer telewire (this one reads 1 and {EVENTS_FORMAT})")
 
     @classmethod
     async def fetch(cls, ref: str, workdir: Path) -> "ArchiveReader":
@@ -1042,6 +1054,32 @@ class ArchiveReader:
         start = int(from_ms * self.bytes_per_ms) // width * width
         length = max(0, int(self.manifest["caller_bytes"]) - start)
         return read_wav_channel(self.folder / WAV, 0, start=start, length=length)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The records of ``events.jsonl``, in order."""
+        return iter_events(self.folder / EVENTS)
+
+    def audio_of(self, event: dict[str, Any]) -> bytes | None:
+        """The audio an event-log record stands for: read from ``call.wav`` at its reference
+        (``channel``, ``at``, ``len``: format 2), or decoded from its base64 ``payload`` (format
+        1, and format-2 audio that is not in the WAV); ``None`` for other records.
+
+        A reference gives where the audio was placed; what the WAV holds there is that audio,
+        except where a later record changed it: agent audio after a later interrupt's
+        ``cut_ms`` was never heard and is not in the WAV, and a caller chunk that overlapped
+        (``caller_overlaps``) replaced what was there.
+        """
+        if event.get("kind") != "audio":
+            return None
+        if "payload" in event:
+            import base64
+
+            return base64.b64decode(event["payload"])
+        channel = {"caller": 0, "agent": 1}.get(event.get("channel"))  # type: ignore[arg-type]
+        if channel is None or "at" not in event:
+            return None
+        return read_wav_channel(self.folder / WAV, channel, start=int(event["at"]),
+                                length=int(event["len"]))
 
     def dtmf(self, from_ms: float = 0.0) -> list[tuple[float, str]]:
         """Keypad digits the caller pressed at or after ``from_ms``, as ``(ms, digit)`` relative

@@ -12,7 +12,7 @@ import pytest
 from recorder.kit import recorder_graph
 from websockets.asyncio.client import connect
 
-from telewire.archive import find_archive, iter_events, read_wav_channel, wav_info
+from telewire.archive import ArchiveReader, find_archive, iter_events, read_wav_channel, wav_info
 from telewire.errors import GraphError
 from telewire.testing.simulator import CallSimulator
 
@@ -49,24 +49,31 @@ async def test_sixty_second_call_caller_channel_is_byte_identical_and_length_mat
     assert audio in agent  # the echo, whole, once its playout started
     manifest = json.loads(files["manifest.json"].read_text())
     assert manifest["caller_bytes"] == len(audio) and manifest["end_reason"] == "carrier_stop"
-    kinds = {}
+    kinds, frames = {}, {}
     for e in iter_events(files["events.jsonl"]):
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    assert kinds["start"] == kinds["end"] == 1 and kinds["audio"] == 6000
+        if e["kind"] == "audio":
+            frames[e["channel"]] = frames.get(e["channel"], 0) + e["frames"]
+    assert kinds["start"] == kinds["end"] == 1 and frames == {"caller": 3000, "agent": 3000}
+    assert kinds["audio"] < 6000 // 10  # audio is logged in runs, not a line per frame
     transcript = json.loads(files["transcript.json"].read_text())
     assert [t["role"] for t in transcript["turns"]] == ["agent"]
 
 
-async def test_event_log_keeps_wire_payloads_and_media_times(rec_server):
+async def test_event_log_references_the_wav_and_keeps_every_frames_media_time(rec_server):
     srv = await rec_server()
     result = await CallSimulator(url(srv), pace=0, expect_echo=True).run(AUDIO)
     await srv.stop(drain_timeout_s=5)
-    caller = [e for e in iter_events(stored(result.stream_sid)["events.jsonl"])
-              if e.get("channel") == "caller"]
-    assert [e["timestamp_ms"] for e in caller] == list(range(0, 800, 20))
-    assert [e["at_ms"] for e in caller] == [float(t) for t in range(0, 800, 20)]
-    assert b"".join(base64.b64decode(e["payload"]) for e in caller) == AUDIO
-    assert caller[0]["src"] == "tel_in.audio"
+    reader = ArchiveReader(stored(result.stream_sid)["manifest.json"].parent)
+    caller = [e for e in reader.events() if e.get("channel") == "caller"]
+    assert all("payload" not in e for e in caller)
+    stamps = [e["timestamp_ms"] + k * e["frame_bytes"] // 8 for e in caller
+              for k in range(e["frames"])]  # each frame's timestamp follows from the first's
+    assert stamps == list(range(0, 800, 20))
+    assert [(e["at"], e["at_ms"]) for e in caller] == [(e["at_ms"] * 8, e["at_ms"])
+                                                      for e in caller]
+    assert b"".join(reader.audio_of(e) for e in caller) == AUDIO
+    assert caller[0]["src"] == "tel_in.audio" and caller[0]["at"] == 0
 
 
 async def test_call_dropped_without_stop_is_archived(rec_server):
@@ -115,12 +122,14 @@ async def test_dtmf_interrupt_cuts_the_agent_channel_where_the_clear_went(rec_se
     events = list(iter_events(files["events.jsonl"]))
     (cut,) = [e for e in events if e["kind"] == "interrupt" and e["src"] == "tel_in.interrupt"]
     assert cut["source"] == "dtmf" and cut["cut_ms"] == 160.0 and cut["discarded_ms"] > 0
+    echoed = b"".join(bytes([i + 1]) * 160 for i in range(5)) + b"\x7e" * 480
     expected = bytearray()
-    for e in events:  # the agent track as placed, then cut at the clear
+    for e in events:  # the agent track as placed (the echo, in order), then cut at the clear
         if e.get("channel") == "agent":
-            at = int(e["at_ms"] * 8)
-            expected += b"\xff" * (at - len(expected))
-            expected[at:at + 160] = base64.b64decode(e["payload"])
+            at, n = e["at"], e["len"]
+            expected += b"\xff" * (at + n - len(expected))
+            expected[at:at + n] = echoed[:n]
+            echoed = echoed[n:]
     del expected[int(cut["cut_ms"] * 8):]
     agent = read_wav_channel(files["call.wav"], 1)
     assert agent[:len(expected)] == bytes(expected) and set(agent[len(expected):]) <= {0xFF}

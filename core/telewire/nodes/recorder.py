@@ -9,9 +9,13 @@ track at the carrier's timestamps, as far as the call's wall-clock time allows (
 :class:`~telewire.timeline.CallerClock`); agent audio (frames on any port wired to a
 ``carrier_out`` node's ``audio_in``) to the right track where
 :class:`~telewire.timeline.AgentPlayout` says the carrier played it; interrupts wired to
-``carrier_out.interrupt_in`` cut it; ``played`` marks confirm it. Everything is also appended
-to the event log as it happens. Memory per call is a few write buffers, whatever the call's
-length; long silences are written by a worker thread, never on the event loop; on ``EndFrame``
+``carrier_out.interrupt_in`` cut it; ``played`` marks confirm it. Everything else is appended
+to the event log as it happens; audio is logged by reference, not repeated: one record per run
+of contiguous audio on one channel, giving its place in the WAV (channel, byte offset, length;
+``EVENTS_FORMAT`` 2, see ``docs/recording.md``). Files open in a worker thread at call start;
+what is observed meanwhile waits in memory, in order (bounded). Memory per call is a few write
+buffers, whatever the call's length; long silences are written by a worker thread, never on the
+event loop; on ``EndFrame``
 the archive is assembled on disk and uploaded in the background by the spool's
 :class:`~telewire.archive.Uploader`, which a starting server also resumes
 (:meth:`Recorder.on_server_start`).
@@ -25,6 +29,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import fields
 from pathlib import Path
 from time import monotonic as _monotonic
@@ -37,6 +42,7 @@ from telewire.archive import (
     CALL_META,
     CALLER_TRACK,
     EVENTS,
+    EVENTS_FORMAT,
     SILENCE,
     TrackFile,
     Uploader,
@@ -62,6 +68,14 @@ from telewire.stores import open_store, safe_segment
 from telewire.timeline import AgentPlayout, CallerClock, TranscriptBuilder
 
 __all__ = ["Recorder", "RecorderConfig"]
+
+#: An audio run record is written at least once per this much audio of its channel, so a process
+#: that dies mid-call leaves the event log at most about this far behind its tracks.
+MAX_RUN_MS = 1000
+#: Bytes of audio and event lines kept in memory, in order, while the files of a starting call
+#: are being opened in a worker thread; what comes beyond is dropped and counted
+#: (``frames_dropped``). Opening takes milliseconds; this is a minute of a real call's audio.
+MAX_EARLY_BYTES = 1 << 20
 
 
 class RecorderConfig(NodeConfig):
@@ -139,6 +153,67 @@ def frame_record(frame: Frame) -> dict[str, Any]:
     return out
 
 
+class _Run:
+    """Contiguous audio of one channel, logged as one record: frames of ``frame_bytes`` each from
+    one port and item, each starting where the previous ended in the WAV, with consecutive
+    carrier timestamps and sequence numbers (or none). Every frame's place, timestamp and
+    sequence number follow from the first's, so the record loses nothing but arrival times."""
+
+    __slots__ = ("key", "channel", "t", "at", "end", "frames", "frame_bytes", "track",
+                 "item_id", "timestamp_ms", "sequence", "next_ts", "next_seq", "frame_ms")
+
+    def __init__(self, key: tuple[str, str], channel: str, t: int, at: int, nbytes: int,
+                 frame_ms: float, frame: AudioFrame) -> None:
+        self.key, self.channel, self.t = key, channel, t
+        self.at, self.end, self.frames, self.frame_bytes = at, at + nbytes, 1, nbytes
+        self.track, self.item_id = frame.track, frame.item_id
+        self.timestamp_ms, self.sequence = frame.timestamp_ms, frame.sequence
+        self.frame_ms = frame_ms
+        self.next_ts = None if frame.timestamp_ms is None else frame.timestamp_ms + frame_ms
+        self.next_seq = None if frame.sequence is None else frame.sequence + 1
+
+
+class _Early:
+    """Stands in for a spool file (a track or the event log) while the call's files are being
+    opened in a worker thread: keeps each call, in order with the other files', in the
+    recorder's one queue (at most ``MAX_EARLY_BYTES``; what comes beyond is dropped and
+    counted). The first call after the thread has opened the files writes the queue to them and
+    puts them in place (:meth:`Recorder._swap`), so a busy event loop never waits for the
+    task that opened them."""
+
+    busy = False
+
+    def __init__(self, owner: "Recorder", index: int) -> None:
+        self._owner, self._index = owner, index
+        self.dropped = 0
+
+    def _put(self, op: str, args: tuple[Any, ...], size: int) -> None:
+        owner = self._owner
+        if owner._opened is not None:  # the files are open now: catch up, then go direct
+            getattr(owner._swap()[self._index], op)(*args)
+            return
+        if owner._early_bytes + size > MAX_EARLY_BYTES:
+            self.dropped += 1
+            return
+        owner._early_bytes += size
+        owner._early.append((self._index, op, args))  # type: ignore[union-attr]
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        self._put("write_at", (offset, data), len(data))
+
+    def truncate(self, offset: int) -> None:
+        self._put("truncate", (offset,), 0)
+
+    def write(self, text: str) -> None:
+        self._put("write", (text,), len(text))
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class Recorder(Node):
     """Archives each call (see the module docstring). One instance per call."""
 
@@ -158,10 +233,16 @@ class Recorder(Node):
         self._caller_ports, self._agent_ports, self._clear_ports, self._played_ports = \
             self._classify(call)
         self._open = False
-        self._events: IO[str] | None = None
+        self._events: IO[str] | _Early | None = None
         self._seq = 0
-        self._json_cache: dict[str | None, str] = {}
-        self._line_parts: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+        self._runs: dict[str, _Run] = {}  # channel -> its run not yet logged
+        self._early: deque[tuple[int, str, tuple[Any, ...]]] | None = None
+        self._early_bytes = 0
+        self._early_dropped = 0
+        self._opened: tuple[TrackFile, TrackFile, IO[str] | None] | None = None
+        #: the task opening the call's files (``None`` before the call starts); awaiting it
+        #: says whether they opened
+        self.opening: asyncio.Task[bool] | None = None
         self._t0 = 0.0
         self._jumps_logged = 0
         self._jump_log_at = 0.0
@@ -200,17 +281,16 @@ class Recorder(Node):
 
     async def on_call_start(self, frame: StartFrame) -> None:
         cfg = self.config
-        self.uploader.resume()
         fmt = frame.media_format
         self._codec, self._rate = fmt.codec, fmt.sample_rate
         self._bpm = bytes_per_ms(fmt.codec, fmt.sample_rate)
         self._bpm_int = int(self._bpm) if self._bpm == int(self._bpm) else 0
+        self._max_run = int(MAX_RUN_MS * self._bpm)
         started = time.time()
         self._t0 = time.monotonic()
         self.archive_id = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-"
                            + safe_segment(frame.stream_id, max_len=64) + "-"
                            + uuid.uuid4().hex[:16])
-        self.partial = self.uploader.new_partial(self.archive_id)
         meta = {
             "archive_id": self.archive_id, "carrier": frame.carrier,
             "stream_id": frame.stream_id, "call_id": frame.call_id,
@@ -218,17 +298,15 @@ class Recorder(Node):
             "custom_parameters": dict(frame.custom_parameters),
             "media_format": _jsonable(fmt), "tracks": list(frame.tracks),
             "started_at": started, "store": cfg.store, "pid": os.getpid(),
-            "host": socket.gethostname(), "instance_id": self._instance_id(),
-            "recorder": self.name,
+            "host": socket.gethostname(), "recorder": self.name,
+            "events_format": EVENTS_FORMAT,
         }
-        meta["key"] = archive_key(meta)
-        write_json(self.partial / CALL_META, meta)
-        silence = SILENCE[fmt.codec]
-        self._caller = TrackFile(self.partial / CALLER_TRACK, silence, cfg.buffer_bytes)
-        self._agent = TrackFile(self.partial / AGENT_TRACK, silence, cfg.buffer_bytes)
-        if cfg.events:
-            self._events = (self.partial / EVENTS).open("w", encoding="utf-8",
-                                                        buffering=cfg.buffer_bytes)
+        # Until the files are open (in a worker thread: mkdir, locks and open() block), what the
+        # frames write waits in one queue, in order; then it is written and the files replace
+        # the stand-ins, on the event loop, before any later frame is observed.
+        self._early = deque()
+        self._caller, self._agent = _Early(self, 0), _Early(self, 1)  # type: ignore[assignment]
+        self._events = _Early(self, 2) if cfg.events else None
         self.clock = CallerClock(self._bpm, cfg.max_gap_ms, cfg.clock_slack_ms,
                                  self._elapsed_ms)
         self.playout = AgentPlayout()
@@ -236,7 +314,61 @@ class Recorder(Node):
         self.not_in_wav = 0
         self.frames_seen = 0
         self._open = True
+        self._write({"t": 0, "kind": "format", "events_format": EVENTS_FORMAT})
         self._write({"t": 0.0, "src": "call.start", **frame_record(frame)})
+        self.opening = asyncio.get_running_loop().create_task(
+            self._open_files(meta, SILENCE[fmt.codec]), name=f"recorder-open-{self.archive_id}")
+
+    async def _open_files(self, meta: dict[str, Any], silence: bytes) -> bool:
+        """Open the call's spool files in a worker thread; put them in place (if no frame has
+        done so already)."""
+        try:
+            await asyncio.to_thread(self._open_blocking, meta, silence)
+        except Exception as exc:  # the call goes on unrecorded, and says so
+            self.call.log.error("recorder: cannot open the spool files of call {} in {}: {}",
+                                meta["stream_id"], self.uploader.root, exc)
+            self._open = False
+            self._events = None
+            self._early = None
+            return False
+        self._swap()
+        self.uploader.resume()  # the spool's instance id is known now: no file I/O here
+        return True
+
+    def _swap(self) -> tuple[TrackFile, TrackFile, IO[str] | None]:
+        """On the event loop, once the files are open: write what waited for them, in order,
+        and put them in place of the stand-ins (no frame is observed in between)."""
+        files = self._opened
+        assert files is not None
+        early = self._early
+        if early is not None:
+            self._early = None
+            self._early_dropped = sum(f.dropped for f in (self._caller, self._agent, self._events)
+                                      if isinstance(f, _Early))
+            self._caller, self._agent = files[0], files[1]
+            if self._events is not None:
+                self._events = files[2]
+            try:
+                for index, op, args in early:
+                    getattr(files[index], op)(*args)
+            except OSError as exc:
+                self.call.log.error("recorder: writing a spool file failed: {}", exc)
+        return files
+
+    def _open_blocking(self, meta: dict[str, Any],
+                       silence: bytes) -> tuple[TrackFile, TrackFile, IO[str] | None]:
+        """Make the call's spool folder and open its files (blocking: runs in a thread)."""
+        cfg = self.config
+        meta["instance_id"] = self._instance_id()
+        meta["key"] = archive_key(meta)
+        self.partial = partial = self.uploader.new_partial(meta["archive_id"])
+        write_json(partial / CALL_META, meta)
+        caller = TrackFile(partial / CALLER_TRACK, silence, cfg.buffer_bytes)
+        agent = TrackFile(partial / AGENT_TRACK, silence, cfg.buffer_bytes)
+        events = ((partial / EVENTS).open("w", encoding="utf-8", buffering=cfg.buffer_bytes)
+                  if cfg.events else None)
+        self._opened = (caller, agent, events)  # the loop takes them from here (_swap)
+        return self._opened
 
     def _instance_id(self) -> str | None:
         try:
@@ -249,11 +381,17 @@ class Recorder(Node):
     # --------------------------------------------------------------------------- frames
 
     def _write(self, record: dict[str, Any]) -> None:
+        """Append a record to the event log, after the audio runs it follows."""
         if self._events is not None:
-            self._seq += 1
-            record["seq"] = self._seq
-            self._events.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-            self._events.write("\n")
+            if self._runs:
+                self._end_runs()
+            self._line(record)
+
+    def _line(self, record: dict[str, Any]) -> None:
+        self._seq += 1
+        record["seq"] = self._seq
+        self._events.write(json.dumps(record, ensure_ascii=False,  # type: ignore[union-attr]
+                                      separators=(",", ":")) + "\n")
 
     def observe(self, node: str, port: str, frame: Frame) -> None:
         if not self._open:
@@ -310,19 +448,49 @@ class Recorder(Node):
             self.not_in_wav += 1
         if self._events is None:
             return
-        # the hot path: one line per audio frame, built without a dict (payload is base64 text)
-        # around the constant parts of its port and item, rendered once
-        self._seq += 1
-        ms = self._ms
-        extra = f',"at_ms":{ms(at)},"end_ms":{ms(at + len(data))}' if at is not None else ""
-        parts_key = (key, channel, frame.codec, frame.sample_rate, frame.track, frame.item_id)
-        parts = self._line_parts.get(parts_key)
-        if parts is None:
-            parts = self._line_parts[parts_key] = self._audio_line_parts(*parts_key)
-        head, mid, tail = parts
-        self._events.write(
-            f'{{"t":{ms(now)}{head}{frame.b64}{mid}{_num(frame.timestamp_ms)},"sequence":'
-            f'{_num(frame.sequence)}{tail}{extra},"seq":{self._seq}}}\n')
+        if at is None:  # not in the WAV: the event log is the only place its audio is kept
+            self._write({"t": self._ms_num(now), "src": f"{key[0]}.{key[1]}",
+                         **frame_record(frame), "channel": channel})
+            return
+        # the hot path: a frame that continues its channel's run only extends it (no line, no
+        # allocation); anything else ends the run (one line) and starts the next
+        n = len(data)
+        run = self._runs.get(channel)  # type: ignore[arg-type]
+        if run is not None:
+            if (at == run.end and n == run.frame_bytes and key == run.key
+                    and frame.timestamp_ms == run.next_ts and frame.sequence == run.next_seq
+                    and frame.item_id == run.item_id and frame.track == run.track
+                    and at - run.at < self._max_run):
+                run.end = at + n
+                run.frames += 1
+                if run.next_ts is not None:
+                    run.next_ts += run.frame_ms
+                if run.next_seq is not None:
+                    run.next_seq += 1
+                return
+            self._end_run(run)
+        self._runs[channel] = _Run(key, channel, now, at, n,  # type: ignore[index]
+                                   n / self._bpm, frame)
+
+    def _end_run(self, run: _Run) -> None:
+        """Log ``run`` (one line), and let the log reach the disk at least once per run length,
+        so a process that dies mid-call loses little of it."""
+        del self._runs[run.channel]
+        ms = self._ms_num
+        self._line({"t": ms(run.t), "src": f"{run.key[0]}.{run.key[1]}", "kind": "audio",
+                    "channel": run.channel, "at": run.at, "len": run.end - run.at,
+                    "frames": run.frames, "frame_bytes": run.frame_bytes,
+                    "codec": self._codec, "sample_rate": self._rate,
+                    "timestamp_ms": run.timestamp_ms, "sequence": run.sequence,
+                    "track": run.track, "item_id": run.item_id,
+                    "at_ms": ms(run.at), "end_ms": ms(run.end)})
+        if run.end - run.at >= self._max_run:
+            self._events.flush()  # type: ignore[union-attr]
+
+    def _end_runs(self) -> None:
+        """Log every open run, the earliest started first."""
+        for run in sorted(self._runs.values(), key=lambda r: r.t):
+            self._end_run(run)
 
     def _elapsed_ms(self) -> float:
         """The call's wall-clock time (monotonic) since its start event, for the caller clock."""
@@ -343,42 +511,22 @@ class Recorder(Node):
             self.clock.jumps, since, (now - self._t0) * 1000.0, self.config.clock_slack_ms,
             at / self._bpm)
 
-    def _audio_line_parts(self, key: tuple[str, str], channel: str | None, codec: str, rate: int,
-                          track: str, item_id: str | None) -> tuple[str, str, str]:
-        """The constant pieces of an audio frame's event line: before the payload, between the
-        payload and ``timestamp_ms``'s value, and after ``sequence``'s value."""
-        js = self._json_str
-        if len(self._line_parts) > 256:  # item ids come and go; keep the memo small
-            self._line_parts.clear()
-        return (f',"src":"{key[0]}.{key[1]}","kind":"audio","channel":{js(channel)},"payload":"',
-                f'","payload_encoding":"base64","codec":"{codec}","sample_rate":{rate},'
-                '"timestamp_ms":',
-                f',"track":{js(track)},"item_id":{js(item_id)}')
-
-    def _ms(self, nbytes: int) -> str:
-        """A timeline offset in bytes as milliseconds for JSON (integer when exact)."""
+    def _ms_num(self, nbytes: int) -> int | float:
+        """A timeline offset in bytes as milliseconds (an integer when exact)."""
         step = self._bpm_int
         if step:
             q, r = divmod(nbytes, step)
             if not r:
-                return str(q)
-        return repr(round(nbytes / self._bpm, 1))
-
-    def _json_str(self, value: str | None) -> str:
-        """``value`` as JSON, memoised (a call has a handful of distinct track and item ids)."""
-        cache = self._json_cache
-        out = cache.get(value)
-        if out is None:
-            out = json.dumps(value, ensure_ascii=False)
-            if len(cache) < 4096:
-                cache[value] = out
-        return out
+                return q
+        return round(nbytes / self._bpm, 1)
 
     # --------------------------------------------------------------------------- end
 
     async def on_call_end(self, frame: EndFrame) -> None:
-        if not self._open or self.partial is None:
+        if not self._open or self.opening is None:
             return
+        if not await self.opening or not self._open or self.partial is None:
+            return  # the files never opened (logged), or another end came first
         self._open = False
         t = round(self.clock.end / self._bpm, 1)
         try:
@@ -396,7 +544,7 @@ class Recorder(Node):
             "agent_cut_ms": round(self.playout.cut_bytes / self._bpm, 1),
             "marks_acknowledged": self.playout.acks,
             "frames_not_in_wav": self.not_in_wav,
-            "frames_dropped": self._caller.dropped + self._agent.dropped,
+            "frames_dropped": self._caller.dropped + self._agent.dropped + self._early_dropped,
         }
         costs = call_cost(self.call)  # the call's model cost (telewire.cost), in the manifest
         if costs:
@@ -411,7 +559,6 @@ class Recorder(Node):
             self.call.log.exception("recorder: could not assemble the archive in {}: {}",
                                     self.partial, exc)
 
-
     def _close_files(self) -> None:
         for closer in (self._caller.close, self._agent.close,
                        self._events.close if self._events is not None else None):
@@ -422,6 +569,3 @@ class Recorder(Node):
                     self.call.log.error("recorder: writing or closing a spool file failed: {}",
                                         exc)
 
-
-def _num(value: int | None) -> str:
-    return "null" if value is None else str(int(value))
