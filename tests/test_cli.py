@@ -50,3 +50,23 @@ def test_call_command_plays_a_wav_and_saves_what_comes_back(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["sent_frames"] == 16 and summary["received_frames"] == 16
     assert read_ulaw(summary["outputs"]["agent_audio_wav"]) == audio
+
+
+def test_call_command_goes_through_the_answer_webhook_when_signatures_are_on(tmp_path):
+    audio = bytes(range(256)) * 10
+    wav = write_ulaw_wav(tmp_path / "in.wav", audio)
+    secret = {"TELEWIRE_TWILIO_AUTH_TOKEN": "cli-test-auth-token"}
+    serve = ServeProcess(env=secret)
+    try:
+        answer = f"http://127.0.0.1:{serve.port}/answer/twilio"
+        proc = run_cli("call", answer, str(wav), "--pace", "0", "--drain", "3",
+                       "--out", str(tmp_path / "out"), env=secret)
+        straight = run_cli("call", serve.url, str(wav), "--pace", "0", "--drain", "1",
+                           "--out", str(tmp_path / "out2"), env=secret)
+    finally:
+        log = serve.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["received_frames"] == 16
+    # signed, but without the call token the answer webhook hands out: refused
+    assert json.loads(straight.stdout)["received_frames"] == 0, straight.stdout
+    assert "carries no telewire_call_token" in log

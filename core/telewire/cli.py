@@ -188,8 +188,9 @@ async def _call(args: argparse.Namespace) -> dict[str, Any]:
     audio = read_ulaw(args.audio)
     params = dict(p.split("=", 1) for p in args.param or [])
     token = args.auth_token or os.environ.get("TELEWIRE_TWILIO_AUTH_TOKEN")
+    answer = args.url if args.url.startswith(("http://", "https://")) else None
     sim = CallSimulator(args.url, custom_parameters=params, auth_token=token,
-                        pace=args.pace, drain_s=args.drain,
+                        pace=args.pace, drain_s=args.drain, answer_url=answer,
                         dtmf=[(float(t), d) for t, d in (x.split(":", 1) for x in args.dtmf or [])])
     result = await sim.run(audio)
     summary = result.summary()
@@ -452,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     s = sub.add_parser("call", help="simulate a carrier call into a running server")
-    s.add_argument("url", help="media WebSocket URL, e.g. ws://127.0.0.1:8080/media/twilio")
+    s.add_argument("url", help="media WebSocket URL (ws://127.0.0.1:8080/media/twilio), or the "
+                   "answer webhook (http://127.0.0.1:8080/answer/twilio): its TwiML is fetched "
+                   "first, as Twilio does, so the call carries the server's call token")
     s.add_argument("audio", help="mu-law (.ulaw/.raw) or WAV (mu-law or 16-bit PCM) 8 kHz mono")
     s.add_argument("--carrier", default="twilio")
     s.add_argument("--param", action="append", metavar="NAME=VALUE", help="custom parameter")
