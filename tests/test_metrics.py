@@ -108,7 +108,9 @@ async def test_metrics_count_calls_frames_interrupts_and_time_to_first_audio(ser
     assert value(after, "telewire_dropped_frames", "telewire_dropped_frames_total",
                  why="malformed") >= 1
     assert value(after, "telewire_model_reconnects", "telewire_model_reconnects_total") == 0
-    assert value(after, "telewire_store_failures", "telewire_store_failures_total") == 0
+    # the spool is the process's: other tests' failing stores count too, so compare
+    assert value(after, "telewire_store_failures", "telewire_store_failures_total") == \
+        value(during, "telewire_store_failures", "telewire_store_failures_total")
     assert "telewire_spool_archives" in after
 
 
