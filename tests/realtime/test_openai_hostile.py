@@ -10,43 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from telewire.frames import AudioFrame, DTMFFrame, EndFrame, Frame, StartFrame, TranscriptFrame
+from telewire.frames import AudioFrame, DTMFFrame, EndFrame, StartFrame, TranscriptFrame
 from telewire.realtime.base import ProviderConfig
 from telewire.realtime.openai import AzureSession, OpenAISession
 from telewire.testing.fake_realtime import FakeConnection, FakeRealtimeServer
 
+from frame_sink import Sink
 from openai_ga import assert_ga
 
 START = StartFrame(carrier="twilio", stream_id="MZ0002", call_id="CA0002")
 KEY_VARIABLES = ("OPENAI_API_KEY", "TELEWIRE_OPENAI_API_KEY", "AZURE_OPENAI_API_KEY",
                  "TELEWIRE_AZURE_OPENAI_API_KEY")
-F = TypeVar("F", bound=Frame)
-
-
-class Sink:
-    """Collects the frames a session emits and lets a test wait for them."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, frame: Frame) -> None:
-        self.frames.append(frame)
-        self._changed.set()
-
-    def of(self, cls: type[F]) -> list[F]:
-        return [f for f in self.frames if isinstance(f, cls)]
-
-    async def wait_for(self, cls: type[F], count: int = 1, timeout: float = 10.0) -> list[F]:
-        async with asyncio.timeout(timeout):
-            while len(found := self.of(cls)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return found
 
 
 def config_for(server: FakeRealtimeServer, **overrides: Any) -> ProviderConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator
 
 import pytest
 from pydantic import SecretStr
@@ -19,7 +19,6 @@ from telewire.frames import (
     AudioFrame,
     EndFrame,
     ErrorFrame,
-    Frame,
     InterruptFrame,
     StartFrame,
     SteerFrame,
@@ -30,32 +29,10 @@ from telewire.realtime.base import ProviderConfig, create_session
 from telewire.realtime.openai import OpenAISession
 from telewire.testing.fake_realtime import FakeConnection, FakeRealtimeServer
 
+from frame_sink import Sink
 from openai_ga import assert_ga
 
 START = StartFrame(carrier="twilio", stream_id="MZ0001", call_id="CA0001")
-F = TypeVar("F", bound=Frame)
-
-
-class Sink:
-    """Collects the frames a session emits and lets a test wait for them."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, frame: Frame) -> None:
-        self.frames.append(frame)
-        self._changed.set()
-
-    def of(self, cls: type[F]) -> list[F]:
-        return [f for f in self.frames if isinstance(f, cls)]
-
-    async def wait_for(self, cls: type[F], count: int = 1, timeout: float = 10.0) -> list[F]:
-        async with asyncio.timeout(timeout):
-            while len(found := self.of(cls)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return found
 
 
 @pytest.fixture
