@@ -516,6 +516,15 @@ class CallTrace:
             span = self._child("model.response", {
                 "gen_ai.system": frame.provider, "gen_ai.request.model": frame.model,
                 "gen_ai.response.id": frame.response_id or ""}, under_turn=True)
+        cost = getattr(frame, "cost_usd", None)
+        if cost is not None:
+            attrs["telewire.cost_usd"] = float(cost)
+        seconds = getattr(frame, "seconds", 0.0)
+        if seconds:
+            attrs["telewire.usage.seconds"] = float(seconds)
+        call_cost = getattr(frame, "call_cost_usd", None)
+        if call_cost is not None and self.root is not None:
+            self.root.set_attribute("telewire.cost_usd", float(call_cost))
         span.set_attributes(attrs)
         span.set_attribute("telewire.response.completed", True)
         span.end()
