@@ -217,8 +217,15 @@ class Tracing:
 
             chosen.append(SQLiteSpanExporter(self.spans_db))
         if self.otlp:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter)
+            except ImportError as exc:
+                from telewire.errors import ConfigError
 
+                raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP/HTTP exporter "
+                                  "is not installed: pip install "
+                                  f"opentelemetry-exporter-otlp-proto-http ({exc})") from None
             chosen.append(OTLPSpanExporter())
         for exporter in chosen:
             processor = BoundedBatchProcessor(exporter, max_queue_size=max_queue_size,
