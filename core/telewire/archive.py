@@ -44,6 +44,7 @@ from typing import IO, Any, Iterator
 
 from loguru import logger
 
+from telewire import tracing
 from telewire.errors import TelewireError
 from telewire.stores import KeyExistsError, StoreError, open_store, safe_segment
 from telewire.timeline import TranscriptBuilder
@@ -695,9 +696,13 @@ class Uploader:
     async def _until_stored(self, ready: Path) -> ArchiveRecord | None:
         attempt = 0
         while True:
+            span = tracing.upload_started(ready.name, attempt + 1)
             try:
-                return await self.upload(ready)
+                record = await self.upload(ready)
+                tracing.upload_ended(span, None if record is None else record.status)
+                return record
             except StoreError as exc:
+                tracing.upload_ended(span, "failed", str(exc))
                 attempt += 1
                 delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempt - 1))
                 delay *= random.uniform(0.8, 1.2)

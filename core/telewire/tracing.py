@@ -11,6 +11,7 @@ The tree of one call (one trace per call)::
     │   ├── model.response    gen_ai.* attributes, time to first audio
     │   ├── interrupt         source, heard_ms, truncate point (until the carrier cleared)
     │   └── tool_call         gen_ai.tool.name
+    ├── store.upload          each attempt to store the call's archive (after the call ended)
     ├── steer                 operator (or graph) steers
     └── frames.caller / frames.agent   per-frame span events (``TELEWIRE_TRACE_FRAMES``)
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from telewire.graph import Graph, Observer
 
 __all__ = ["CONTENT_PREFIX", "CallTrace", "Tracing", "annotate_call", "current_call",
-           "model_session", "response_created", "tool_ended", "tool_started"]
+           "model_session", "response_created", "tool_ended", "tool_started", "upload_ended",
+           "upload_started"]
 
 #: the prefix of every attribute that holds caller content (a collector can drop them by it)
 CONTENT_PREFIX = "telewire.content."
@@ -95,6 +97,25 @@ def tool_started(name: str, call_id: str, arguments: str) -> "Span | None":
     """A model's tool call starts; pass what it returns to :func:`tool_ended`."""
     call = _current.get()
     return call.tool_started(name, call_id, arguments) if call is not None else None
+
+
+def upload_started(archive_id: str, attempt: int) -> "Span | None":
+    """The call's archive upload starts (an attempt); pass what it returns to
+    :func:`upload_ended`. The call may have ended already: the span is still its child."""
+    call = _current.get()
+    return call.upload_started(archive_id, attempt) if call is not None else None
+
+
+def upload_ended(span: "Span | None", status: str | None, error: str = "") -> None:
+    """``status``: ``stored``, ``failed`` (with ``error``), or ``None`` (another process has it)."""
+    if span is None:
+        return
+    from telewire.redact import mask_text
+
+    span.set_attribute("telewire.store.status", status or "elsewhere")
+    if error:
+        span.set_status(Status(StatusCode.ERROR, mask_text(error)[:300]))
+    span.end()
 
 
 def tool_ended(span: "Span | None", output: str) -> None:
@@ -623,6 +644,12 @@ class CallTrace:
         """An operator acted on the call (``interrupt``, ``hangup``; steers: :meth:`steer`)."""
         if self.root is not None and not self._ended:
             self.root.add_event(f"operator.{action}")
+
+    def upload_started(self, archive_id: str, attempt: int) -> "Span | None":
+        if self.root is None:
+            return None
+        return self.tracer.start_span("store.upload", context=self._root_ctx, attributes={
+            "telewire.store.archive_id": archive_id, "telewire.store.attempt": attempt})
 
     def tool_started(self, name: str, call_id: str, arguments: str) -> "Span | None":
         if self.root is None or self._ended:

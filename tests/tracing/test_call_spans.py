@@ -75,6 +75,9 @@ async def test_two_calls_leave_two_trees_in_workflow_spans(tmp_path):
         assert {r[0] for r in every} == reachable(roots)
         assert {(r[1], r[2]) for r in every} == {(result.call_sid, result.stream_sid)}
         names = [s.name for s in _all(root)]
+        (upload,) = [s for s in _all(root) if s.name == "store.upload"]
+        assert upload.attributes["telewire.store.status"] == "stored"
+        assert upload.start_ns >= root.end_ns  # the archive is stored once the call is over
         assert names.count("model.session") == 1
         responses = [s for s in _all(root) if s.name == "model.response"]
         assert responses, names
