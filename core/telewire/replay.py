@@ -6,7 +6,9 @@ Depends on ``telewire.archive``, ``telewire.graph``, ``telewire.server``, ``tele
 The recorded caller channel is played, as the carrier would, into an in-process server on a free
 loopback port running the given graph (for example the same call against a changed system prompt
 or a fake model); the graph's recorder archives the replayed call like any other, so yesterday's
-real calls can be tried against today's prompt.
+real calls can be tried against today's prompt. The caller audio comes from the archive's WAV
+and the keypad digits and turn starts from its event log and transcript, so archives of either
+event-log format replay alike (1 repeated every frame's base64; 2 references the WAV).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ async def replay(ref: str, graph: Graph, *, turn: int | None = None, pace: float
     return {
         "source": ref,
         "source_archive_id": source.manifest["archive_id"],
+        "source_events_format": source.events_format,
         "turn": turn,
         "from_ms": from_ms,
         "sent_bytes": result.sent_bytes,

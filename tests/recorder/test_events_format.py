@@ -69,14 +69,14 @@ async def test_references_resolve_to_the_exact_bytes_of_the_wav(rec_server):
     """Caller audio with a gap in its timestamps: two caller runs, each resolving to the bytes
     sent, at the byte offsets of the interleaved WAV; the agent's runs resolve to the echo."""
     srv = await rec_server()
-    sid = "MZ" + "e" * 32
+    sid = "MZ" + "7" * 32
     chunks = [bytes((i * 13 + j) & 0xFF for j in range(160)) for i in range(6)]
     stamps = [0, 20, 40, 200, 220, 240]  # 120 ms of silence after the third chunk
 
     async with connect(url(srv)) as ws:
         await ws.send(json.dumps({
             "event": "start", "streamSid": sid, "start": {
-                "streamSid": sid, "callSid": "CA" + "e" * 32, "accountSid": "AC" + "0" * 32,
+                "streamSid": sid, "callSid": "CA" + "7" * 32, "accountSid": "AC" + "0" * 32,
                 "tracks": ["inbound"], "customParameters": {},
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                 "channels": 1}}}))
@@ -117,6 +117,7 @@ async def test_the_old_format_archive_is_read_and_replays_into_a_new_one(tmp_pat
     graph = recorder_graph(f"file://{tmp_path / 'store'}", tmp_path / "spool")
     summary = await replay(str(source), graph, pace=0)
     assert summary["sent_bytes"] == len(AUDIO) and summary["dtmf"] == 2
+    assert summary["source_events_format"] == 1
     new = ArchiveReader(Path(summary["archive"]["locations"]["manifest.json"]).parent)
     assert new.events_format == 2
     assert new.caller_audio() == old.caller_audio()
