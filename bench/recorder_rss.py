@@ -11,9 +11,16 @@ size is sampled every 50 ms. ``--without-recorder`` runs the same without the re
 tell the recorder's share from the rest of the server's. Printed (and written as JSON with
 ``--json``): the RSS before the call, its peak during the call and at the archive's end, the
 growth, the archive's size, and whether the WAV's caller channel is byte-identical to what was
-sent. The bar is a growth under 2 MB.
+sent. The bar is a growth under 2 MB, and an event log (``events_bytes``) at most a tenth of
+the first format's for the same call (85,761,522 bytes for 30 minutes, measured 2026-12-07 with
+the recorder that repeated every frame's base64; scaled to ``--minutes``).
+
+``--per-frame`` instead times the recorder's own work per frame, in this process, with no
+server: ``Recorder.observe`` fed alternating caller and agent frames (160 bytes of base64 text,
+as from Twilio and the echo provider), best of five runs, in microseconds per frame.
 
     .venv/bin/python bench/recorder_rss.py [--minutes 30] [--json out.json]
+    .venv/bin/python bench/recorder_rss.py --per-frame [--frames 100000]
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 BAR_BYTES = 2 * 1024 * 1024
+#: events.jsonl of this call (30 minutes) in the first event-log format, which repeated every
+#: audio frame's base64 payload (measured 2026-12-07); the bar is a tenth of it
+EVENTS_V1_BYTES_30_MIN = 85_761_522
 
 # The child: `telewire serve`, except that the recorder node type is supplied directly when the
 # installed telewire does not declare it as an entry point yet.
@@ -132,20 +142,76 @@ async def call(port: int, audio: bytes) -> Any:
 def wait_for_archive(store: Path, stream_sid: str, timeout: float = 120) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [p for p in store.rglob("manifest.json") if p.parent.name == stream_sid]
+        # <store>/<carrier>/<YYYY>/<MM>/<DD>/<call id>/<stream id>/<archive id>/manifest.json
+        found = [p for p in store.rglob("manifest.json") if p.parent.parent.name == stream_sid]
         if found:
             return found[0].parent
         time.sleep(0.1)
     raise RuntimeError(f"no archive of {stream_sid} in {store} after {timeout} s")
 
 
+async def per_frame(frames: int, repeats: int = 5) -> dict[str, Any]:
+    """The recorder's cost per observed frame (see the module docstring)."""
+    import base64
+    from types import SimpleNamespace
+
+    from loguru import logger
+
+    from telewire.frames import AudioFrame, StartFrame
+    from telewire.graph import build_graph
+    from telewire.nodes.recorder import Recorder
+
+    best = float("inf")
+    with tempfile.TemporaryDirectory(prefix="telewire-recorder-frame-") as tmp:
+        folder = Path(tmp)
+        import tomllib
+
+        raw = tomllib.loads(graph_file(folder).read_text())
+        graph = build_graph(raw, source="bench")
+        spec = graph.nodes["recorder"]
+        payloads = [base64.b64encode(bytes((i * 7 + j) & 0xFF for j in range(160))).decode()
+                    for i in range(50)]
+        for r in range(repeats):
+            call = SimpleNamespace(graph=graph, log=logger)
+            rec = Recorder("recorder", spec.config, call)
+            await rec.on_call_start(StartFrame(carrier="twilio", stream_id=f"MZbench{r}",
+                                               call_id="CAbench"))
+            opening = getattr(rec, "opening", None)  # files open in a thread (events format 2)
+            if opening is not None:
+                await opening
+            caller = [AudioFrame(payload=payloads[i % 50], timestamp_ms=20 * i, sequence=i + 1)
+                      for i in range(frames // 2)]
+            agent = [AudioFrame(payload=payloads[i % 50], track="outbound", item_id="echo")
+                     for i in range(frames // 2)]
+            observe = rec.observe
+            t0 = time.perf_counter()
+            for c, a in zip(caller, agent):
+                observe("tel_in", "audio", c)
+                observe("rt", "audio_out", a)
+            elapsed = time.perf_counter() - t0
+            best = min(best, elapsed)
+            rec._close_files()
+            del caller, agent
+    return {"frames": frames // 2 * 2, "repeats": repeats,
+            "us_per_frame": round(best / (frames // 2 * 2) * 1e6, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="simulated call length")
+    p.add_argument("--per-frame", action="store_true",
+                   help="time Recorder.observe per frame in this process instead")
+    p.add_argument("--frames", type=int, default=100_000, help="frames for --per-frame")
     p.add_argument("--json", metavar="FILE", help="also write the result here")
     p.add_argument("--without-recorder", action="store_true",
                    help="the same call through a graph without the recorder (for comparison)")
     args = p.parse_args(argv)
+    if args.per_frame:
+        out = asyncio.run(per_frame(args.frames))
+        print(json.dumps(out, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2))
+        return 0
     from telewire.archive import read_wav_channel
 
     with tempfile.TemporaryDirectory(prefix="telewire-recorder-rss-") as tmp:
@@ -189,8 +255,15 @@ def main(argv: list[str] | None = None) -> int:
                 "caller_channel_identical": caller == audio if recording else None,
                 "bar_mb": BAR_BYTES / 2**20,
             }
+            events_bar = EVENTS_V1_BYTES_30_MIN * args.minutes / 30 / 10
+            if archive is not None:
+                out["events_bytes"] = (archive / "events.jsonl").stat().st_size
+                out["events_bar_bytes"] = int(events_bar)
+                out["events_vs_format_1"] = round(
+                    out["events_bytes"] / (EVENTS_V1_BYTES_30_MIN * args.minutes / 30), 4)
             out["pass"] = (max(sampler.peak, after) - before < BAR_BYTES
-                           and out["caller_channel_identical"] is not False)
+                           and out["caller_channel_identical"] is not False
+                           and out.get("events_bytes", 0) <= events_bar)
         finally:
             proc.terminate()
             try:
