@@ -477,8 +477,14 @@ class TelewireServer:
                            carrier.name, event.call_id[:80])
             return web.Response(status=404, text=f"no live call {event.call_id[:80]!r}\n")
         tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
-        for frame in event.frames:
-            await tel_in.dispatch(frame)
+        traced = self._conns[call].trace if call in self._conns else None
+        entered = traced.enter() if traced is not None else None
+        try:
+            for frame in event.frames:
+                await tel_in.dispatch(frame)
+        finally:
+            if traced is not None:
+                traced.leave(entered)
         if event.response is None:
             return web.Response(status=204)
         doc = event.response
@@ -533,18 +539,25 @@ class TelewireServer:
             problem = _steer_problem(body)
             if problem:
                 return _json_error(400, problem)
-            steer = SteerFrame(instructions=body.get("instructions"), voice=body.get("voice"))
-            await call.inject("steer_in", steer)
-            traced = self._conns[call].trace if call in self._conns else None
+        traced = self._conns[call].trace if call in self._conns else None
+        entered = traced.enter() if traced is not None else None  # what it starts is the call's
+        try:
+            if action == "steer":
+                steer = SteerFrame(instructions=body.get("instructions"), voice=body.get("voice"))
+                await call.inject("steer_in", steer)
+                if traced is not None:
+                    traced.steer(steer, source="operator")
+            elif action == "interrupt":
+                await call.inject("interrupt_in", InterruptFrame(source="operator",
+                                                                 reason="operator"),
+                                  carrier_side=True)
+            else:
+                asyncio.ensure_future(call.hang_up("operator", "hung up by an operator"))
+            if action != "steer" and traced is not None:
+                traced.operator(action)
+        finally:
             if traced is not None:
-                traced.steer(steer, source="operator")
-        elif action == "interrupt":
-            await call.inject("interrupt_in", InterruptFrame(source="operator", reason="operator"),
-                              carrier_side=True)
-        else:
-            asyncio.ensure_future(call.hang_up("operator", "hung up by an operator"))
-        if action != "steer" and call in self._conns and self._conns[call].trace is not None:
-            self._conns[call].trace.operator(action)  # type: ignore[union-attr]
+                traced.leave(entered)
         call.log.info("operator: {} (from {})", action, self._remote(request))
         return web.json_response({"ok": True, "action": action})
 

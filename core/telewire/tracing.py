@@ -418,6 +418,16 @@ class CallTrace:
         self._token = _current.set(self)
         self._open_turn()
 
+    def enter(self) -> "Token[CallTrace | None]":
+        """Make this the running task's traced call (an operator request, a carrier webhook
+        acting on the call), so that what it starts is traced; undo with :meth:`leave`."""
+        return _current.set(self)
+
+    @staticmethod
+    def leave(token: "Token[CallTrace | None] | None") -> None:
+        if token is not None:
+            _current.reset(token)
+
     def end(self, frame: EndFrame | None) -> None:
         """End every open span, then the root (with the end reason and the call's counts)."""
         if self.root is None or self._ended:

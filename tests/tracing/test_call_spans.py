@@ -175,3 +175,54 @@ async def test_otlp_spans_reach_a_local_receiver_with_the_same_tree(otlp_receive
         tree = {(s.span_id.hex(), s.parent_span_id.hex() or None, s.name) for s in mine}
         stored = {(s.span_id, s.parent_id, s.name) for s in _all(roots[0])}
         assert tree == stored
+
+
+async def test_reconnect_and_handover_are_each_a_new_model_session(tmp_path):
+    """A dropped model connection (reconnect), then an operator's voice change (steer, then a
+    handover): three model.session children of the call, and a steer span."""
+    import asyncio
+
+    import aiohttp
+
+    token = "operator-token-for-tests"
+    tracing = Tracing(spans_db=tmp_path / "spans.db", otlp=False)
+    async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=500,
+                                  talk_after_appends=20) as fake:
+        srv = TelewireServer(
+            load_settings(host="127.0.0.1", port=0, operator_token=token),
+            load_graph(None, ["rt.config.provider=openai", f"rt.config.url={fake.url}",
+                              "rt.config.transcription_model="]),
+            CarrierRegistry(), tracing=tracing)
+        await srv.start()
+        sim = CallSimulator(f"ws://127.0.0.1:{srv.port}/media/twilio", drain_s=1.0)
+        call = asyncio.create_task(sim.run(SILENCE * 6000))
+        try:
+            first = await fake.wait_for_connection(0)
+            while not first.responses or first.responses[0]["status"] != "completed":
+                await asyncio.sleep(0.02)
+            await first.drop()
+            second = await fake.wait_for_connection(1, timeout=5)
+            while not second.responses or second.responses[0]["status"] != "completed":
+                await asyncio.sleep(0.02)  # the new session has spoken: a voice needs a handover
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{srv.port}/api/calls/twilio/{sim.call_sid}/steer"
+                async with http.post(url, json={"voice": "cedar", "instructions": "be brief"},
+                                     headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200
+            await fake.wait_for_connection(2, timeout=10)
+            result = await call
+        finally:
+            await srv.stop(drain_timeout_s=1)
+    tracing.shutdown()
+    (roots,) = call_rows(open_db(tmp_path / "spans.db"), result.call_sid)
+    (root,) = roots
+    sessions = sorted((s for s in root.children if s.name == "model.session"),
+                      key=lambda s: s.start_ns)
+    assert [s.attributes["telewire.session.kind"] for s in sessions] == [
+        "connect", "reconnect", "handover"]
+    assert root.attributes["telewire.model.sessions"] == 3
+    (steer,) = [s for s in root.children if s.name == "steer"]
+    assert steer.attributes["telewire.steer.source"] == "operator"
+    assert steer.attributes["telewire.steer.voice"] == "cedar"
+    assert steer.attributes["telewire.steer.instructions_chars"] == len("be brief")
+    assert "telewire.content.steer.instructions" not in steer.attributes
