@@ -204,3 +204,30 @@ async def test_what_waits_for_the_files_is_bounded_and_the_excess_counted(tmp_pa
     assert 8 <= dropped <= 12
     caller = read_wav_channel(rec.ready / "call.wav", 0)
     assert caller[:160 * (20 - dropped)] == b"".join(_caller(i).data for i in range(20 - dropped))
+
+
+async def test_a_format_2_log_rebuilds_the_transcript_of_a_call_whose_process_died(tmp_path):
+    """Recovery reads the runs as it read format 1's frames: the same turns as the live call's,
+    up to the last record written (runs still open when a process dies are not in the log)."""
+    from telewire.archive import finalize
+    from telewire.frames import InterruptFrame, TranscriptFrame
+
+    rec = _recorder(tmp_path)
+    await rec.on_call_start(StartFrame(carrier="twilio", stream_id="MZ" + "6" * 32))
+    assert await rec.opening
+    for i in range(40):
+        rec.observe("tel_in", "audio", _caller(i))
+        rec.observe("rt", "audio_out", AudioFrame(payload=_caller(i).payload, track="outbound",
+                                                  item_id="a1" if i < 20 else "a2"))
+        if i == 30:
+            rec.observe("tel_in", "interrupt", InterruptFrame(source="dtmf", reason="digit *"))
+    rec.observe("rt", "transcript", TranscriptFrame(role="caller", text="hello", final=True))
+    live = [t.as_dict() for t in rec.turns.turns()]
+    for f in (rec._events, rec._caller._f, rec._agent._f):  # what a dying process had written
+        f.flush()
+    recovered = finalize(rec.partial, end_reason="recovered")
+    turns = json.loads((recovered / "transcript.json").read_text())["turns"]
+    assert turns == live and [t["role"] for t in turns] == ["agent", "caller", "agent"]
+    assert turns[2]["item_id"] == "a2" and turns[2]["interrupted"]
+    assert read_wav_channel(recovered / "call.wav", 0)[:40 * 160] == b"".join(
+        _caller(i).data for i in range(40))
