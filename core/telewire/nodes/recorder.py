@@ -452,8 +452,9 @@ class Recorder(Node):
             self._write({"t": self._ms_num(now), "src": f"{key[0]}.{key[1]}",
                          **frame_record(frame), "channel": channel})
             return
-        # the hot path: a frame that continues its channel's run only extends it (no line, no
-        # allocation); anything else ends the run (one line) and starts the next
+        # the hot path: a frame that continues its channel's run only extends it (a few
+        # comparisons and additions: no line, string or dict); anything else ends the run (one
+        # line) and starts the next
         n = len(data)
         run = self._runs.get(channel)  # type: ignore[arg-type]
         if run is not None:
