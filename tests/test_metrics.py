@@ -124,3 +124,25 @@ async def test_refusals_are_counted_by_why(server):
                     pass
     families = await scrape(srv.port, SCRAPER)
     assert value(families, "telewire_calls_refused", why="connections_per_ip") == 1
+
+
+async def test_span_drops_are_exported_when_the_server_traces(tmp_path, monkeypatch):
+    from telewire.graph import load_graph
+    from telewire.registry import CarrierRegistry
+    from telewire.server import TelewireServer
+    from telewire.settings import load_settings
+    from telewire.tracing import Tracing
+
+    monkeypatch.delenv("TELEWIRE_TWILIO_AUTH_TOKEN", raising=False)
+    tracing = Tracing(spans_db=tmp_path / "spans.db", otlp=False)
+    srv = TelewireServer(load_settings(host="127.0.0.1", port=0, metrics_token=SCRAPER),
+                         load_graph(None), CarrierRegistry(), tracing=tracing)
+    await srv.start()
+    try:
+        await CallSimulator(f"ws://127.0.0.1:{srv.port}/media/twilio", pace=0,
+                            expect_echo=True).run(b"\x01" * 1600)
+        families = await scrape(srv.port, SCRAPER)
+    finally:
+        await srv.stop(drain_timeout_s=1)
+        tracing.shutdown()
+    assert value(families, "telewire_spans_dropped", "telewire_spans_dropped_total") == 0

@@ -112,7 +112,9 @@ class TelewireServer:
         self.live: dict[tuple[str, str], CallGraph] = {}
         self.unusable: dict[str, str] = {}
         self.calls_total = 0
-        self.metrics = ServerMetrics(lambda: self.calls, settings.max_calls)
+        self.metrics = ServerMetrics(
+            lambda: self.calls, settings.max_calls,
+            span_drops=(lambda: tracing.dropped_spans) if tracing is not None else None)
         self.draining = False
         secret = settings.call_token_secret
         self.call_tokens = calltoken.CallTokens(
