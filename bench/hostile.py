@@ -8,10 +8,16 @@ OpenAI Realtime server in echo mode. ``--calls`` victim calls (``telewire.testin
 real-time pace) run for ``--seconds`` each, first alone, then beside one hostile connection, in
 alternating rounds (``--repeat`` of each) so that the machine's drift hits both alike:
 
-* ``flood``: one connection sends 10,000 DTMF messages as fast as it can, then keeps flooding
-  media messages until the victims finish;
+* ``flood``: one connection sends 10,000 DTMF messages as fast as it can, then media messages;
+  whenever the server ends its call for flooding it connects again and goes on, until the
+  victims finish;
 * ``timestamps``: one connection sends 30 media messages stamped 599 s apart (a recorder that
   trusted them would write hours of silence on the event loop).
+
+The attacker is a process of its own, connected and started before the victims begin and
+told to attack a second into their calls, so that neither its start-up nor its send loop is
+counted as the server's cost. On two or more cores the server runs alone on core 0 and
+everything else on core 1.
 
 Reports each condition's victim round-trip p50/p99 and its ratio to the quiet rounds measured in
 the same run, the ``response.create`` the flood caused, and the hostile call's recording length.
@@ -64,35 +70,47 @@ def _media(stream_sid: str, timestamp_ms: int, chunk: int) -> str:
             + FRAME + '"}}')
 
 
-async def _flood(url: str, index: int, stop: asyncio.Event) -> int:
-    stream, call = f"MZ{index:032x}", f"CA{index:032x}"
-    dtmf = json.dumps({"event": "dtmf", "streamSid": stream,
-                       "dtmf": {"track": "inbound_track", "digit": "5"}})
+async def _flood(url: str, index: int, go: asyncio.Event, stop: asyncio.Event) -> int:
+    """10,000 DTMF messages as fast as they go, then media floods; reconnect whenever the
+    server ends the call, until told to stop."""
+    dtmf_budget = 10_000
     sent = 0
-    try:
-        async with connect(url, max_size=None) as ws:
-            await ws.send(_start(call, stream))
-            for i in range(10_000):
-                await ws.send(dtmf)
-                sent += 1
-                if i % 200 == 0:
+    ready = True
+    while not stop.is_set():
+        stream, call = f"MZ{index:032x}", f"CA{index:032x}"
+        index += 1
+        dtmf = json.dumps({"event": "dtmf", "streamSid": stream,
+                           "dtmf": {"track": "inbound_track", "digit": "5"}})
+        try:
+            async with connect(url, max_size=None) as ws:
+                await ws.send(_start(call, stream))
+                if ready:
+                    print("ready", flush=True)
+                    ready = False
+                    await go.wait()
+                chunk = 0
+                while not stop.is_set():
+                    for _ in range(200):
+                        if dtmf_budget > 0:
+                            dtmf_budget -= 1
+                            await ws.send(dtmf)
+                        else:
+                            chunk += 1
+                            await ws.send(_media(stream, chunk * 20, chunk))
+                        sent += 1
                     await asyncio.sleep(0)
-            chunk = 0
-            while not stop.is_set():
-                for _ in range(200):
-                    chunk += 1
-                    await ws.send(_media(stream, chunk * 20, chunk))
-                    sent += 1
-                await asyncio.sleep(0)
-    except ConnectionClosed:
-        pass
+        except (ConnectionClosed, OSError):
+            await asyncio.sleep(0.01)
     return sent
 
 
-async def _timestamps(url: str, index: int, stop: asyncio.Event) -> int:
+async def _timestamps(url: str, index: int, go: asyncio.Event, stop: asyncio.Event) -> int:
+    """30 media messages stamped 599 s apart, then a stop at the end."""
     stream, call = f"MZ{index:032x}", f"CA{index:032x}"
     async with connect(url, max_size=None) as ws:
         await ws.send(_start(call, stream))
+        print("ready", flush=True)
+        await go.wait()
         for i in range(30):
             await ws.send(_media(stream, i * 599_000, i + 1))
             await asyncio.sleep(0.05)
@@ -111,15 +129,22 @@ async def _round(url: str, calls: int, seconds: float, attack: str | None, index
     if attack:  # its own process, so that it does not slow the victims' event loop down
         attacker = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--attack", attack, "--url", url, "--index",
-            str(10_000 + index), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        await asyncio.sleep(0.3)
+            str(10_000 + 100 * index), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        assert attacker.stdout is not None and attacker.stdin is not None
+        await attacker.stdout.readline()  # "ready": started, connected, its call begun
     audio = b"\xff" * int(8000 * seconds)
-    results = await asyncio.gather(*(CallSimulator(url, pace=1.0, drain_s=1.0, expect_echo=True)
-                                     .run(audio) for _ in range(calls)))
+    victims = asyncio.gather(*(CallSimulator(url, pace=1.0, drain_s=1.0, expect_echo=True)
+                               .run(audio) for _ in range(calls)))
+    if attacker is not None:
+        await asyncio.sleep(1.0)  # the attack starts while every victim is talking
+        attacker.stdin.write(b"go\n")
+        await attacker.stdin.drain()
+    results = await victims
     sent = 0
     if attacker is not None:
         out, _ = await attacker.communicate(b"stop\n")
-        sent = int(out.decode().strip() or 0)
+        sent = int(out.decode().split()[-1] or 0)
     latencies = sorted(x for r in results for x in r.latencies_ms)
     return {"attack": attack, "hostile_messages": sent,
             "lost_frames": sum(r.lost_frames for r in results),
@@ -139,6 +164,9 @@ def _wav_seconds(root: Path, index: int) -> float | None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="telewire-hostile-"))
+    pinned = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    if pinned:
+        os.sched_setaffinity(0, {1})
     async with FakeRealtimeServer(mode="echo", record=True) as fake:
         env = {**os.environ, "OPENAI_API_KEY": "placeholder", "TELEWIRE_LOG_LEVEL": "WARNING"}
         with socket.socket() as probe:
@@ -152,6 +180,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
              "--set", f"recorder.config.store=file://{work / 'recordings'}",
              "--set", f"recorder.config.spool_dir={work / 'spool'}"],
             stderr=log, stdout=subprocess.DEVNULL, env=env, cwd=work)
+        if pinned:  # the server alone on core 0; victims, fake model and attacker on core 1
+            os.sched_setaffinity(proc.pid, {0})
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -174,7 +204,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     r = await _round(url, args.calls, args.seconds, attack, len(rounds))
                     r["response_creates"] = sum(len(c.events("response.create"))
                                                 for c in fake.connections) - creates_before
-                    r["index"] = 10_000 + len(rounds)
+                    r["index"] = 10_000 + 100 * len(rounds)  # the attacker's first call
                     rounds.append(r)
                     print(f"round {len(rounds)}: {attack or 'quiet'} p99 "
                           f"{_pct(r['latencies_ms'], 0.99)} ms", flush=True)
@@ -205,11 +235,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _attack_main(attack: str, url: str, index: int) -> int:
-    """The attacker process: attack until a line arrives on stdin; print messages sent."""
-    stop = asyncio.Event()
+    """The attacker process: prints ``ready`` once connected, attacks on a ``go`` line on
+    stdin, stops on the next line; prints how many messages it sent."""
+    go, stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_reader(sys.stdin.fileno(), stop.set)
-    return await ATTACKS[attack](url, index, stop)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def commands() -> None:
+        await reader.readline()
+        go.set()
+        await reader.readline()
+        stop.set()
+
+    task = asyncio.ensure_future(commands())
+    try:
+        return await ATTACKS[attack](url, index, go, stop)
+    finally:
+        task.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

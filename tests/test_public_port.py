@@ -4,6 +4,7 @@ tokens, and the limits on connections that never start, go quiet, flood or dribb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -334,20 +335,41 @@ async def test_a_flood_on_one_connection_is_dropped_and_other_calls_are_untouche
             flooded = srv.live[("twilio", "CA" + SID_HEX)]
             dtmf = json.dumps({"event": "dtmf", "streamSid": "MZ" + SID_HEX,
                                "dtmf": {"track": "inbound_track", "digit": "5"}})
-            for i in range(10_000):
-                await ws.send(dtmf)
-                if i % 500 == 0:
-                    await asyncio.sleep(0)
-            await asyncio.sleep(0.5)
+            sent = 0
+            with contextlib.suppress(ConnectionClosed):
+                for sent in range(1, 10_001):
+                    await ws.send(dtmf)
+                    if sent % 500 == 0:
+                        await asyncio.sleep(0)
+            assert await closed_within(ws, 5)  # the flood ended its own call
             tel_in = flooded.nodes["tel_in"]
-            assert tel_in.dropped_messages + tel_in.dropped_dtmf >= 9_900
+            assert tel_in.dropped_messages == 2000  # tel_in.config.max_dropped
+            assert sent > 2000
         result = await other
         await srv.stop(drain_timeout_s=1)
         creates = sum(len(c.events("response.create")) for c in fake.connections)
+    assert flooded.end_frame.reason == "carrier_protocol_error"
+    assert "max_dropped" in flooded.end_frame.detail
     assert result.received_audio == AUDIO * 2 and result.lost_frames == 0
     assert creates <= 5, creates
     flood_lines = [line for line in log_lines if "dropped so far" in line]
     assert 1 <= len(flood_lines) <= 5
+
+
+async def test_a_flood_is_only_dropped_when_the_call_may_not_end_for_it(server):
+    srv = await server("tel_in.config.max_dropped=0", "tel_in.config.max_errors=0")
+    async with connect(media(srv)) as ws:
+        await ws.send(start_msg("CA" + SID_HEX))
+        while ("twilio", "CA" + SID_HEX) not in srv.live:
+            await asyncio.sleep(0.01)
+        flooded = srv.live[("twilio", "CA" + SID_HEX)]
+        for i in range(5_000):
+            await ws.send("not json")
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        assert not flooded.ended.is_set()
+        assert flooded.nodes["tel_in"].dropped_messages >= 4_000
 
 
 async def test_bad_input_log_lines_are_rate_limited(server, log_lines):

@@ -43,6 +43,9 @@ class CarrierInConfig(NodeConfig):
             connection, checked before it is parsed (media arrives near 50 a second, marks echo
             about one a second); messages over it are dropped and counted.
         max_dtmf_per_s / dtmf_burst: the same for DTMF digits (people press a few a second).
+        max_dropped: end the call once this many messages were dropped over the bucket (a
+            flood, which would otherwise keep the event loop parsing for the other calls);
+            ``0`` never does.
         log_errors: how many malformed-message errors are logged one by one; after that, one
             line every ``log_every_s`` seconds says how many more there were.
     """
@@ -55,6 +58,7 @@ class CarrierInConfig(NodeConfig):
     message_burst: int = Field(default=500, gt=0)
     max_dtmf_per_s: float = Field(default=5.0, gt=0)
     dtmf_burst: int = Field(default=10, gt=0)
+    max_dropped: int = Field(default=2000, ge=0)
     log_errors: int = Field(default=20, ge=0)
     log_every_s: float = Field(default=10.0, gt=0)
 
@@ -112,6 +116,11 @@ class CarrierIn(Node):
         if tokens < 1.0:
             self._tokens = tokens
             self.dropped_messages += 1
+            if self.dropped_messages == self.config.max_dropped:  # a flood, not a burst
+                await self._error(f"{self.call.carrier.name}: {self.dropped_messages} inbound "
+                                  f"messages over {self._rate:g} a second dropped; ending the "
+                                  "call (tel_in.config.max_dropped)", fatal=True)
+                return
             self._log_limited(now, "inbound messages over {:g} a second (burst {:g}); {} dropped "
                               "so far", self._rate, self._burst, self.dropped_messages)
             return
