@@ -115,6 +115,8 @@ async def test_max_cost_usd_reached_mid_call_says_goodbye_then_hangs_up_with_rea
     assert Decimal(cost["usd"]) == by_hand(usage)
     assert Decimal(cost["usd"]) >= Decimal("0.0005")
     assert m["counters"]["cost_usd"] == float(by_hand(usage))
+    (transcript,) = (tmp_path / "store").rglob("transcript.json")
+    assert json.loads(transcript.read_text())["cost_usd"] == float(by_hand(usage))
 
 
 async def test_max_call_seconds_ends_a_quiet_call_after_the_goodbye(tmp_path: Path):

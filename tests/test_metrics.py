@@ -112,6 +112,7 @@ async def test_metrics_count_calls_frames_interrupts_and_time_to_first_audio(ser
     assert value(after, "telewire_store_failures", "telewire_store_failures_total") == \
         value(during, "telewire_store_failures", "telewire_store_failures_total")
     assert "telewire_spool_archives" in after
+    assert value(after, "telewire_cost_usd", "telewire_cost_usd_total") > 0  # priced usage
 
 
 async def test_refusals_are_counted_by_why(server):

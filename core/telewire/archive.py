@@ -481,9 +481,11 @@ def finalize(partial: Path, *, end_reason: str, end_detail: str = "",
             for event in iter_events(events):
                 builder.feed_event(event)
     bpm = fmt["sample_rate"] * len(SILENCE[fmt["codec"]]) / 1000.0
-    write_json(partial / TRANSCRIPT, {
-        "stream_id": meta["stream_id"], "call_id": meta["call_id"],
-        "turns": [t.as_dict() for t in builder.turns()]})
+    transcript: dict[str, Any] = {"stream_id": meta["stream_id"], "call_id": meta["call_id"],
+                                  "turns": [t.as_dict() for t in builder.turns()]}
+    if counters and "cost_usd" in counters:  # the call's model cost, next to what was said
+        transcript["cost_usd"] = counters["cost_usd"]
+    write_json(partial / TRANSCRIPT, transcript)
     if not (partial / EVENTS).exists():
         (partial / EVENTS).touch()
     manifest = {

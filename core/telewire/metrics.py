@@ -34,7 +34,7 @@ HELP = {
     "dropped_frames": "inbound messages or model audio dropped, by why",
     "interrupts": "barge-ins, by source",
     "model_reconnects": "model sessions reconnected or handed over",
-    "transfers": "calls transferred by the transfer_call tool",
+    "cost_usd": "model cost in USD at the providers' list prices (calls whose cost is known)",
 }
 LABELS = {"dropped_frames": "why", "interrupts": "source"}
 #: histogram samples nodes keep, in seconds

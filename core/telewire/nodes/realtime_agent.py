@@ -276,7 +276,7 @@ class RealtimeAgent(Node):
             await self.session.close()
         self._ready = False
         counts = {k: v for k, v in self.counters().items()
-                  if ":" not in k and k != "model_reconnects"}  # not the metrics' copies
+                  if ":" not in k and k not in ("model_reconnects", "cost_usd")}
         if any(counts.values()):
             self.call.log.info("{}: {}", self.name,
                                ", ".join(f"{k} {v}" for k, v in counts.items() if v))
@@ -291,6 +291,8 @@ class RealtimeAgent(Node):
         counts["dropped_frames:model_not_ready"] = self.dropped_frames
         counts["dropped_frames:bad_model_audio"] = counts.get("bad_audio_deltas", 0)
         counts["model_reconnects"] = counts.get("reconnects", 0) + counts.get("handovers", 0)
+        if self.cost.usd is not None:
+            counts["cost_usd"] = float(self.cost.usd)
         return counts
 
     def samples(self) -> dict[str, list[float]]:
