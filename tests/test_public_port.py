@@ -341,7 +341,9 @@ async def test_a_flood_on_one_connection_is_dropped_and_other_calls_are_untouche
                     await ws.send(dtmf)
                     if sent % 500 == 0:
                         await asyncio.sleep(0)
-            assert await closed_within(ws, 5)  # the flood ended its own call
+            # the flood ended its own call (how soon the client sees the close depends on its
+            # library's buffering: websockets 14 sees it only after its backlog is read)
+            await asyncio.wait_for(flooded.ended.wait(), 5)
             tel_in = flooded.nodes["tel_in"]
             assert tel_in.dropped_messages == 2000  # tel_in.config.max_dropped
             assert sent > 2000
