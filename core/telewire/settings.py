@@ -156,7 +156,7 @@ class ServerSettings(BaseSettings):
     media_timeout_s: float = Field(default=30.0, ge=0)
     max_call_s: float = Field(default=4 * 3600.0, ge=0)
     heartbeat_s: float = Field(default=20.0, ge=0)
-    max_pending_per_ip: int = Field(default=32, gt=0)
+    max_pending_per_ip: int = Field(default=128, gt=0)
     max_connections_per_ip: int = Field(default=0, ge=0)
     header_timeout_s: float = Field(default=10.0, gt=0)
     nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
