@@ -206,10 +206,10 @@ async def test_end_call_hangs_up_once_after_the_last_audio_played():
     assert result.sent_frames < 300  # ended by the agent before the caller's 6 s were sent
 
 
-async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_api(monkeypatch,
-                                                                                  log_lines):
-    """The model calls transfer_call; telewire drains the audio, asks the carrier (a local
-    stand-in for Twilio's REST API) to redirect the call, and ends its side with 'transferred'."""
+@pytest.fixture
+async def twilio_rest(monkeypatch):
+    """A local stand-in for Twilio's Calls REST API, with the carrier's settings pointed at it;
+    yields the account SID and the ``(method, path, form, Authorization)`` of each request."""
     from aiohttp import web
 
     seen: list[tuple[str, str, dict, str]] = []
@@ -231,25 +231,33 @@ async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_ap
     monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
     monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
     try:
-        async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
-                                      talk_after_appends=20) as fake:
-            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
-                              'rt.config.transfer_targets=["+1555*"]')
-            try:
-                sim = CallSimulator(media_url(srv), drain_s=3.0, hang_up=False,
-                                    auth_token="rest-token", answer_url=answer_url(srv))
-                call = asyncio.create_task(sim.run(silence(5000)))
-                conn = await fake.wait_for_connection(0)
-                (setup,) = await conn.wait_for("session.update")
-                assert "transfer_call" in [t["name"] for t in setup["session"]["tools"]]
-                while not conn.responses or conn.responses[0]["status"] != "completed":
-                    await asyncio.sleep(0.01)
-                conn.script_tool_call("transfer_call", '{"target": "+15551234567"}')
-                result = await call
-            finally:
-                await srv.stop(drain_timeout_s=1)
+        yield account, seen
     finally:
         await runner.cleanup()
+
+
+async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_api(twilio_rest,
+                                                                                  log_lines):
+    """The model calls transfer_call; telewire drains the audio, asks the carrier (a local
+    stand-in for Twilio's REST API) to redirect the call, and ends its side with 'transferred'."""
+    account, seen = twilio_rest
+    async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
+                                  talk_after_appends=20) as fake:
+        srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
+                          'rt.config.transfer_targets=["+1555*"]')
+        try:
+            sim = CallSimulator(media_url(srv), drain_s=3.0, hang_up=False,
+                                auth_token="rest-token", answer_url=answer_url(srv))
+            call = asyncio.create_task(sim.run(silence(5000)))
+            conn = await fake.wait_for_connection(0)
+            (setup,) = await conn.wait_for("session.update")
+            assert "transfer_call" in [t["name"] for t in setup["session"]["tools"]]
+            while not conn.responses or conn.responses[0]["status"] != "completed":
+                await asyncio.sleep(0.01)
+            conn.script_tool_call("transfer_call", '{"target": "+15551234567"}')
+            result = await call
+        finally:
+            await srv.stop(drain_timeout_s=1)
     ((method, path, form, auth),) = seen
     assert method == "POST" and path == f"/2010-04-01/Accounts/{account}/Calls/{sim.call_sid}.json"
     assert form["Twiml"].endswith("<Response><Dial><Number>+15551234567</Number></Dial></Response>")
@@ -264,48 +272,28 @@ async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_ap
     ('["+1555*"]', "+19005550100"),                    # a number the caller talked it into
     ('["sip:*@pbx.example.com"]', "sip:x@evil.example;maddr=pbx.example.com"),
 ])
-async def test_transfer_call_refuses_targets_off_the_allow_list(monkeypatch, log_lines, targets,
-                                                                target):
+async def test_transfer_call_refuses_targets_off_the_allow_list(twilio_rest, log_lines,
+                                                                targets, target):
     """The model asks for a target the operator did not allow: the carrier's REST API is never
     called, the model reads why, and the call goes on until the caller hangs up."""
-    from aiohttp import web
-
-    seen: list[str] = []
-
-    async def update_call(request: web.Request) -> web.Response:
-        seen.append(request.path)
-        return web.json_response({"status": "in-progress"})
-
-    app = web.Application()
-    app.add_routes([web.post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rest_port = site._server.sockets[0].getsockname()[1]
-    monkeypatch.setenv("TELEWIRE_TWILIO_ACCOUNT_SID", "AC" + "1" * 32)
-    monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
-    monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
-    try:
-        async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
-                                      talk_after_appends=20) as fake:
-            srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
-                              f"rt.config.transfer_targets={targets}")
-            try:
-                sim = CallSimulator(media_url(srv), drain_s=0.5, auth_token="rest-token",
-                                    answer_url=answer_url(srv))
-                call = asyncio.create_task(sim.run(silence(2500)))
-                conn = await fake.wait_for_connection(0)
-                while not conn.responses or conn.responses[0]["status"] != "completed":
-                    await asyncio.sleep(0.01)
-                conn.script_tool_call("transfer_call", json.dumps({"target": target}))
-                while not conn.function_outputs:
-                    await asyncio.sleep(0.01)
-                result = await call
-            finally:
-                await srv.stop(drain_timeout_s=1)
-    finally:
-        await runner.cleanup()
+    _, seen = twilio_rest
+    async with FakeRealtimeServer(mode="talk", talk_speed=0, response_audio_ms=400,
+                                  talk_after_appends=20) as fake:
+        srv = await serve(fake, "rt.config.builtin_tools=[\"end_call\", \"transfer_call\"]",
+                          f"rt.config.transfer_targets={targets}")
+        try:
+            sim = CallSimulator(media_url(srv), drain_s=0.5, auth_token="rest-token",
+                                answer_url=answer_url(srv))
+            call = asyncio.create_task(sim.run(silence(2500)))
+            conn = await fake.wait_for_connection(0)
+            while not conn.responses or conn.responses[0]["status"] != "completed":
+                await asyncio.sleep(0.01)
+            conn.script_tool_call("transfer_call", json.dumps({"target": target}))
+            while not conn.function_outputs:
+                await asyncio.sleep(0.01)
+            result = await call
+        finally:
+            await srv.stop(drain_timeout_s=1)
     assert seen == []
     (output,) = conn.function_outputs
     assert json.loads(output["output"])["error"].startswith("transfer refused: ")
