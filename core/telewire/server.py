@@ -624,7 +624,7 @@ class TelewireServer:
         else:
             counts.pop(ip, None)
 
-    def _refuse_socket(self, request: web.Request, carrier: Any, ip: str) -> web.Response | None:
+    def _refuse_socket(self, carrier: Any, ip: str) -> web.Response | None:
         s = self.settings
         refused = self.metrics.refused
         if self.draining:
@@ -651,7 +651,7 @@ class TelewireServer:
     async def media(self, request: web.Request) -> web.StreamResponse:
         carrier = self._carrier(request)
         ip = self._remote(request)
-        refusal = self._refuse_socket(request, carrier, ip)
+        refusal = self._refuse_socket(carrier, ip)
         if refusal is not None:
             return refusal
         checked = await self._signed(carrier, request, "media socket", "websocket")
