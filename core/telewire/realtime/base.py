@@ -1,32 +1,98 @@
-"""The realtime provider interface and the provider lookup.
+"""The realtime provider contract: the session interface, its declared capabilities, and the
+lookup of providers through entry-point group ``telewire.providers``.
 
-Depends on ``telewire.frames``, ``telewire.errors`` and ``telewire.transfer``. Provider modules
-depend on this one.
+Depends on ``telewire.frames``, ``telewire.errors``, ``telewire.plugins`` and
+``telewire.transfer``. Provider modules depend on this one; this one knows none of them.
 
-A provider is a :class:`RealtimeSession` subclass: the ``realtime_agent`` node creates one per
-call, ``start``s it with the call's :class:`~telewire.frames.StartFrame` and a sink, then feeds it
-caller audio. The session pushes what the model says back into the sink as frames: agent
-:class:`~telewire.frames.AudioFrame`s (mu-law wire form, untouched), transcripts, usage,
-interrupts (the model heard the caller start talking), and at most one
+A provider is a :class:`RealtimeSession` subclass registered as an entry point in group
+``telewire.providers`` (the name is what ``rt.config.provider`` says). It declares what it can do
+in :attr:`RealtimeSession.capabilities` (:class:`ProviderCapabilities`) and its own settings in
+:attr:`RealtimeSession.Options` (``rt.config.options``). The ``realtime_agent`` node creates one
+session per call, ``start``s it with the call's :class:`~telewire.frames.StartFrame` and a sink,
+then feeds it caller audio. The session pushes what the model says back into the sink as
+frames: agent :class:`~telewire.frames.AudioFrame`s (mu-law wire form, untouched), transcripts,
+usage, interrupts (the model heard the caller start talking), and at most one
 :class:`~telewire.frames.EndFrame` when the session cannot continue.
+
+See ``docs/reference/providers.md``.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Awaitable, Callable, Literal
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, ClassVar, Literal
 
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError,
+                      field_validator, model_validator)
 
 from telewire.errors import ConfigError
+from telewire.plugins import PluginSet, load_group
 from telewire.frames import AudioFrame, DTMFFrame, Frame, InterruptFrame, StartFrame, SteerFrame
 from telewire.transfer import check_patterns
 
-__all__ = ["FrameSink", "PROVIDERS", "ProviderConfig", "RealtimeSession", "ToolSpec",
-           "TurnDetection", "create_session"]
+__all__ = ["FrameSink", "PROVIDER_GROUP", "ProviderCapabilities", "ProviderConfig",
+           "RealtimeSession", "ToolSpec", "TurnDetection", "create_session", "provider_class",
+           "providers"]
 
 FrameSink = Callable[[Frame], Awaitable[None]]
+PROVIDER_GROUP = "telewire.providers"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCapabilities:
+    """What a provider can do, declared once per provider class.
+
+    The ``realtime_agent`` node reads these when a graph loads (a graph that needs what the
+    provider lacks fails, naming node, provider and capability) and when it drives a call (what
+    a barge-in does, whether a goodbye can be spoken).
+
+    Attributes:
+        audio_formats: the ``(codec, sample_rate)`` pairs the provider takes and speaks on the
+            wire unchanged (``("pcmu", 8000)`` for G.711 mu-law). A call whose carrier speaks
+            none of them is refused at start.
+        turn_model: ``"turn_based"``: the model answers in discrete responses that can be
+            cancelled and truncated (Realtime GA); ``"full_duplex"``: it listens and speaks at
+            once and decides itself when to stop (GPT-Live, Deepgram's agent).
+        cancel: a reply can be stopped on request (``interrupt()`` stops it).
+        truncate: the model's memory of a reply can be cut at what the caller heard.
+        interruption: the provider notices the caller talking over it and reports it (an
+            :class:`~telewire.frames.InterruptFrame` from the session).
+        tools: function tools (``rt.config.tools``, ``end_call``, ``transfer_call``).
+        instructions_change: instructions can be changed mid-call (a steer).
+        voice_change: ``"never"``, ``"between_responses"`` (deferred until the reply in
+            progress is done) or ``"anytime"``.
+        dtmf: keypad digits reach the model (as text).
+        say: the model can be asked to speak now (the budget goodbye).
+        transcripts: caller and agent transcripts come back as frames.
+        session_max_s: the provider's own limit on one session's length; ``None``: none known.
+        resume: a dropped connection is reopened with the conversation kept (replayed or
+            resumed by the provider).
+        billing: ``"tokens"`` (usage in tokens), ``"duration"`` (seconds of session), or
+            ``"none"`` (nothing to pay).
+        key_env: the environment variable the API key is read from, when one is needed.
+    """
+
+    audio_formats: frozenset[tuple[str, int]] = frozenset({("pcmu", 8000)})
+    turn_model: Literal["turn_based", "full_duplex"] = "turn_based"
+    cancel: bool = False
+    truncate: bool = False
+    interruption: bool = False
+    tools: bool = False
+    instructions_change: bool = False
+    voice_change: Literal["never", "between_responses", "anytime"] = "never"
+    dtmf: bool = False
+    say: bool = False
+    transcripts: bool = False
+    session_max_s: float | None = None
+    resume: bool = False
+    billing: Literal["tokens", "duration", "none"] = "none"
+    key_env: str | None = None
+
+    def supports(self, codec: str, sample_rate: int) -> bool:
+        """Whether audio of this codec and rate passes to the provider unchanged."""
+        return (codec, sample_rate) in self.audio_formats
 
 
 class TurnDetection(BaseModel):
@@ -124,6 +190,9 @@ class ProviderConfig(BaseModel):
             dropped (and counted), like one that is not base64.
         history_max_items / history_max_chars: the conversation kept for replay on a reconnect
             or a handover, in items and in characters of text; the oldest items go first.
+        options: the provider's own settings, checked against its ``Options`` model
+            (Deepgram's listen and speak models, for example); a provider without one takes
+            none. The validated model is ``provider_options``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -149,15 +218,41 @@ class ProviderConfig(BaseModel):
     history_max_items: int = Field(default=200, gt=0)
     history_max_chars: int = Field(default=50_000, gt=0)
 
+    options: dict[str, Any] = Field(default_factory=dict)
+
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, v: str) -> str:
-        if v not in PROVIDERS:
-            raise ValueError(f"unknown provider {v!r}; known: {', '.join(PROVIDERS)}")
+        found = providers()
+        if v not in found.loaded:
+            raise ValueError(found.unknown("provider", v))
         return v
+
+    @model_validator(mode="after")
+    def _provider_options(self) -> "ProviderConfig":
+        options_model = provider_class(self.provider).Options
+        if options_model is None:
+            if self.options:
+                raise ValueError(f"provider {self.provider!r} takes no options; got "
+                                 f"{', '.join(sorted(self.options))}")
+            return self
+        try:
+            self._options = options_model.model_validate(self.options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"provider {self.provider!r}: {problems}") from None
+        return self
 
     _transfer_patterns = field_validator("transfer_targets")(
         classmethod(lambda cls, v: check_patterns(v)))
+
+    _options: Any = PrivateAttr(default=None)
+
+    @property
+    def provider_options(self) -> Any:
+        """``options`` validated by the provider's ``Options`` model (``None`` without one)."""
+        return self._options
 
     @model_validator(mode="after")
     def _warn_transfer_without_targets(self) -> "ProviderConfig":
@@ -169,10 +264,20 @@ class ProviderConfig(BaseModel):
 
 
 class RealtimeSession(abc.ABC):
-    """One call's connection to a realtime model."""
+    """One call's connection to a realtime model.
+
+    Subclasses set :attr:`name`, :attr:`capabilities` and, when they take settings of their
+    own, :attr:`Options`. The constructor is called as ``cls(config, sink, log=..., tools=...)``
+    (``log``: the call's bound logger; ``tools``: the call's :class:`~telewire.tools.ToolBox`,
+    ``None`` when the provider declares no tools).
+    """
 
     #: Provider name used in config (``rt.config.provider``).
     name: str = ""
+    #: What the provider can do (see :class:`ProviderCapabilities`).
+    capabilities: ClassVar[ProviderCapabilities] = ProviderCapabilities()
+    #: The pydantic model of ``rt.config.options``; ``None``: the provider takes no options.
+    Options: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, config: ProviderConfig, sink: FrameSink) -> None:
         self.config = config
@@ -217,25 +322,44 @@ class RealtimeSession(abc.ABC):
         """Close the session; idempotent."""
 
 
-def _providers() -> dict[str, type[RealtimeSession]]:
-    from telewire.realtime.echo import EchoSession
-    from telewire.realtime.openai import AzureSession, OpenAISession
+def providers() -> PluginSet[type[RealtimeSession]]:
+    """Every installed provider, by name: entry points in group ``telewire.providers`` (the
+    built-in ``echo``, ``openai`` … are entry points of the ``telewire`` distribution), with the
+    ones that failed to load and why."""
+    return load_group(PROVIDER_GROUP, base=RealtimeSession, check=_check_provider)
 
-    return {s.name: s for s in (EchoSession, OpenAISession, AzureSession)}
+
+def _check_provider(name: str, cls: Any) -> str | None:
+    caps = getattr(cls, "capabilities", None)
+    if not isinstance(caps, ProviderCapabilities):
+        return (f"TypeError: {cls.__module__}.{cls.__qualname__}.capabilities is "
+                f"{type(caps).__name__}, not a telewire.ProviderCapabilities")
+    if not caps.audio_formats:
+        return f"ValueError: provider {name!r} declares no audio format"
+    options = getattr(cls, "Options", None)
+    if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+        return f"TypeError: provider {name!r}: Options is not a pydantic model"
+    return None
 
 
-PROVIDERS = ("echo", "openai", "azure")
+def provider_class(name: str) -> type[RealtimeSession]:
+    """The session class of provider ``name``.
+
+    Raises:
+        ConfigError: no such provider; the message lists the installed ones, and the load
+            error when ``name`` is installed but broken.
+    """
+    found = providers()
+    cls = found.loaded.get(name)
+    if cls is None:
+        raise ConfigError(f"rt.config.provider: {found.unknown('provider', name)}")
+    return cls
 
 
 def create_session(config: ProviderConfig, sink: FrameSink, **kwargs: Any) -> RealtimeSession:
-    """Build the session for ``config.provider``.
+    """Build the session for ``config.provider`` (``kwargs`` go to its constructor).
 
     Raises:
         ConfigError: the provider is unknown (the message lists the known ones).
     """
-    providers = _providers()
-    cls = providers.get(config.provider)
-    if cls is None:
-        raise ConfigError(f"rt.config.provider: unknown provider {config.provider!r}; "
-                          f"known: {', '.join(sorted(providers))}")
-    return cls(config, sink, **kwargs)
+    return provider_class(config.provider)(config, sink, **kwargs)

@@ -6,7 +6,7 @@ Depends on ``telewire.realtime.base`` and ``telewire.frames``.
 from __future__ import annotations
 
 from telewire.frames import AudioFrame, StartFrame, audio_frame
-from telewire.realtime.base import RealtimeSession
+from telewire.realtime.base import ProviderCapabilities, RealtimeSession
 
 __all__ = ["EchoSession"]
 
@@ -15,6 +15,11 @@ class EchoSession(RealtimeSession):
     """Returns each caller audio frame as agent audio, payload untouched, in order."""
 
     name = "echo"
+    #: mu-law and linear PCM at any rate pass back as they came; nothing else is possible
+    capabilities = ProviderCapabilities(
+        audio_formats=frozenset((codec, rate) for codec in ("pcmu", "pcma", "l16")
+                                for rate in (8000, 16000, 24000)),
+        turn_model="full_duplex", billing="none")
     _open = False
 
     async def start(self, start: StartFrame) -> None:

@@ -17,6 +17,7 @@ Works against api.openai.com, Azure OpenAI's GA endpoint and any GA-compatible s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import collections
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -41,7 +42,8 @@ from telewire.frames import (
     UsageFrame,
     audio_frame,
 )
-from telewire.realtime.base import FrameSink, ProviderConfig, RealtimeSession
+from telewire.realtime.base import (FrameSink, ProviderCapabilities, ProviderConfig,
+                                    RealtimeSession)
 from telewire.realtime.wsclient import ModelConnection
 from telewire.settings import ProviderKeys, provider_keys
 
@@ -127,6 +129,11 @@ class OpenAISession(RealtimeSession):
     """
 
     name = "openai"
+    capabilities = ProviderCapabilities(
+        audio_formats=frozenset({("pcmu", 8000)}), turn_model="turn_based", cancel=True, truncate=True, interruption=True, tools=True,
+        instructions_change=True, voice_change="between_responses", dtmf=True, say=True,
+        transcripts=True, session_max_s=3600.0, resume=True, billing="tokens",
+        key_env="OPENAI_API_KEY")
 
     def __init__(self, config: ProviderConfig, sink: FrameSink, *, log: Logger | None = None,
                  tools: ToolBox | None = None) -> None:
@@ -912,6 +919,7 @@ class AzureSession(OpenAISession):
 
     name = "azure"
     key_name = "AZURE_OPENAI_API_KEY"
+    capabilities = dataclasses.replace(OpenAISession.capabilities, key_env="AZURE_OPENAI_API_KEY")
 
     @staticmethod
     def _settings_key(keys: ProviderKeys) -> str:
