@@ -76,3 +76,38 @@ def test_security_page_names_only_settings_that_exist():
         assert f"`{name}`" in CONFIG_MD, f"docs/security.md names {name}, which is not a setting"
     for key in re.findall(r"`(?:rt|tel_in|recorder)\.config\.([a-z_]+)`", page):
         assert f"| `{key}` |" in CONFIG_MD, f"docs/security.md names node config key {key}"
+
+
+PROVIDERS_MD = (ROOT / "docs" / "reference" / "providers.md").read_text()
+
+
+def _session_methods() -> list[ast.AST]:
+    tree = ast.parse((ROOT / "core" / "telewire" / "realtime" / "base.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "RealtimeSession"]
+    return [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and not n.name.startswith("_")]
+
+
+@pytest.mark.parametrize("method", _session_methods(), ids=lambda m: m.name)
+def test_every_session_method_is_documented_with_its_literal_signature(method):
+    prefix = "async def" if isinstance(method, ast.AsyncFunctionDef) else "def"
+    signature = f"{prefix} {method.name}({ast.unparse(method.args)}) -> {ast.unparse(method.returns)}"
+    def squeeze(text: str) -> str:  # ast.unparse writes tag: str='say', the page tag: str = "say"
+        return "".join(text.split()).replace('"', "'")
+
+    assert f"### `{method.name}`" in PROVIDERS_MD and squeeze(signature) in squeeze(PROVIDERS_MD), (
+        f"{method.name}: section or signature missing or stale in docs/reference/providers.md: "
+        f"{signature}")
+
+
+def test_every_provider_capability_and_builtin_provider_is_documented():
+    import dataclasses
+    from importlib import metadata
+
+    from telewire.realtime.base import ProviderCapabilities
+
+    for f in dataclasses.fields(ProviderCapabilities):
+        assert f"| `{f.name}` |" in PROVIDERS_MD, f"capability {f.name} not in providers.md"
+    for ep in metadata.distribution("telewire").entry_points:
+        if ep.group == "telewire.providers":
+            assert f"### `{ep.name}`" in PROVIDERS_MD, f"provider {ep.name} not in providers.md"

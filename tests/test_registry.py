@@ -18,8 +18,12 @@ from telewire.registry import CarrierRegistry
 
 
 def fake_distribution(root: Path, dist: str, entry_points: str, modules: dict[str, str]) -> None:
-    """An installed distribution made of a .dist-info folder and modules on ``root``."""
-    info = root / f"{dist}-1.0.dist-info"
+    """An installed distribution made of a .dist-info folder and modules on ``root``.
+
+    The folder is named as installers name it (``telewire_extra-1.0.dist-info``): importlib
+    takes the distribution's name from the folder name up to its first ``-``, so
+    ``telewire-extra-1.0.dist-info`` would pass for (and hide) the ``telewire`` distribution."""
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))

@@ -123,11 +123,13 @@ def test_a_pattern_that_no_target_could_match_is_a_config_error(pattern):
 def test_offering_transfer_call_with_no_targets_warns_when_the_graph_loads(log_lines):
     from telewire.graph import load_graph
 
-    load_graph(None, ['rt.config.builtin_tools=["end_call", "transfer_call"]'])
+    load_graph(None, ['rt.config.provider="openai"',
+                      'rt.config.builtin_tools=["end_call", "transfer_call"]'])
     assert any("offers transfer_call but transfer_targets is empty" in line
                for line in log_lines)
     log_lines.clear()
-    load_graph(None, ['rt.config.builtin_tools=["end_call", "transfer_call"]',
+    load_graph(None, ['rt.config.provider="openai"',
+                      'rt.config.builtin_tools=["end_call", "transfer_call"]',
                       'rt.config.transfer_targets=["+1555*"]'])
     load_graph(None)
     assert not any("transfer_targets" in line for line in log_lines)

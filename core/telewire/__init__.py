@@ -1,7 +1,7 @@
 """telewire: a speech-to-speech realtime model behind a phone carrier, mu-law untouched.
 
-The public API: what carrier plugins, node types and applications may import. Anything not
-listed in ``__all__`` is internal and may change without notice.
+The public API: what carrier plugins, node types, providers and applications may import.
+Anything not listed in ``__all__`` is internal and may change without notice.
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ from telewire.frames import (
     UsageFrame,
 )
 from telewire.hookspecs import hookimpl
+from telewire.nodes.base import CallHandle, Handler, Node, NodeConfig
+from telewire.realtime.base import (
+    FrameSink,
+    ProviderCapabilities,
+    ProviderConfig,
+    RealtimeSession,
+    ToolSpec,
+)
 from telewire.settings import CarrierSettings, read_settings
 
 __version__ = "0.1.0"
@@ -48,6 +56,7 @@ __all__ = [
     "AudioFrame",
     "AuthenticationError",
     "CallContext",
+    "CallHandle",
     "Capabilities",
     "CarrierError",
     "CarrierProtocolError",
@@ -59,19 +68,27 @@ __all__ = [
     "EnvelopeSpec",
     "ErrorFrame",
     "Frame",
+    "FrameSink",
     "GraphError",
+    "Handler",
     "HttpRequest",
     "HttpResponse",
     "InterruptFrame",
     "MarkFrame",
     "MediaFormat",
+    "Node",
+    "NodeConfig",
     "PluginError",
+    "ProviderCapabilities",
+    "ProviderConfig",
     "ProviderError",
     "ProviderProtocolError",
+    "RealtimeSession",
     "ResponseEnvelopeSpec",
     "StartFrame",
     "SteerFrame",
     "TelewireError",
+    "ToolSpec",
     "TranscriptFrame",
     "UsageFrame",
     "__version__",

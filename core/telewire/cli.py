@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -15,7 +16,7 @@ import signal
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from loguru import logger
 
@@ -23,9 +24,13 @@ from telewire import __version__
 from telewire.errors import ConfigError, TelewireError
 from telewire.eventloop import use_event_loop
 from telewire.graph import load_graph, node_types
+from telewire.plugins import PluginSet, load_group
+from telewire.realtime.base import ProviderCapabilities, providers
 from telewire.redact import mask, mask_text
 from telewire.registry import CarrierRegistry
 from telewire.settings import ServerSettings, load_settings, node_overrides, provider_keys
+from telewire.stores import STORE_GROUP, Store
+from telewire.tools import TOOL_GROUP
 
 __all__ = ["main"]
 
@@ -119,19 +124,54 @@ def cmd_plugins(args: argparse.Namespace) -> int:
               "entry_point": i.entry_point, "status": "ok" if i.error is None else "error",
               **({"error": i.error} if i.error else {})}
              for n, i in sorted(node_types().items())]
-    data = {"carriers": carriers, "nodes": nodes}
+    data: dict[str, list[dict[str, Any]]] = {"carriers": carriers, "nodes": nodes}
+    found = providers()
+    data["providers"] = _group_rows(found, lambda cls: {
+        "capabilities": _provider_caps(cls.capabilities)})
+    data["stores"] = _group_rows(load_group(STORE_GROUP, base=Store))
+    data["tools"] = _group_rows(load_group(TOOL_GROUP))
+    rows_all = [r for rows in data.values() for r in rows]
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        for title, rows in (("carriers", carriers), ("node types", nodes)):
-            print(f"{title}:")
+        titles = {"carriers": "carriers", "nodes": "node types", "providers": "providers",
+                  "stores": "stores", "tools": "tools"}
+        for key, rows in data.items():
+            if not rows and key == "tools":
+                continue
+            print(f"{titles[key]}:")
             for r in rows:
                 line = f"  {r['name']:<16} {r['distribution'] or '-'} {r['version'] or ''}"
                 if r["status"] != "ok":
                     line += f"  FAILED: {r['error']}"
                 print(line.rstrip())
-    bad = any(r["status"] != "ok" for r in carriers + nodes)
+    bad = any(r["status"] != "ok" for r in rows_all)
     return 1 if bad and args.strict else 0
+
+
+def _group_rows(found: PluginSet[Any],
+                extra: Callable[[Any], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``telewire plugins`` rows of one entry-point group: the loaded, then the failures."""
+    rows: list[dict[str, Any]] = []
+    for name in sorted(found.loaded):
+        info = found.infos[name]
+        row = {"name": name, "distribution": info.distribution, "version": info.version,
+               "entry_point": info.entry_point, "status": "ok"}
+        if extra is not None:
+            row.update(extra(found.loaded[name]))
+        rows.append(row)
+    rows += [{"name": f.name, "distribution": f.distribution, "version": "",
+              "entry_point": f.entry_point, "status": "error", "error": f.error}
+             for f in found.failures]
+    return rows
+
+
+def _provider_caps(caps: ProviderCapabilities) -> dict[str, Any]:
+    out = dataclasses.asdict(caps)
+    out["audio_formats"] = sorted(f"{c}/{r}" for c, r in caps.audio_formats)
+    return out
+
+
 
 
 # --------------------------------------------------------------------------------- config
@@ -441,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("plugins", help="installed carriers and node types")
+    s = sub.add_parser("plugins", help="installed carriers, node types, providers, stores and tools")
     s.add_argument("--json", action="store_true")
     s.add_argument("--strict", action="store_true", help="exit 1 when any plugin failed to load")
     s.set_defaults(func=cmd_plugins)

@@ -23,7 +23,7 @@ import asyncio
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
 
@@ -31,7 +31,6 @@ from loguru import logger
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from pydantic import ValidationError
-from stevedore import ExtensionManager
 
 from telewire.carrier import CallContext
 from telewire.envelope import CompiledEnvelope, compile_envelope
@@ -39,7 +38,7 @@ from telewire.errors import ConfigError, GraphError, PluginError
 from telewire.frames import EndFrame, ErrorFrame, Frame, StartFrame
 from telewire.nodes.base import Handler, Node
 from telewire.redact import MASK, is_secret_name, mask_text, shown
-from telewire.registry import entry_point_origin
+from telewire.plugins import load_group
 
 if TYPE_CHECKING:
     from telewire.registry import Carrier
@@ -79,24 +78,13 @@ class NodeTypeInfo:
 
 def node_types() -> dict[str, NodeTypeInfo]:
     """Every installed node type, including the ones that failed to load (with their error)."""
-    found: dict[str, NodeTypeInfo] = {}
-
-    def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
-        dist, version = entry_point_origin(NODE_GROUP, ep.name, ep.value)
-        found[ep.name] = NodeTypeInfo(ep.name, None, ep.value, dist, version,
-                                      f"{type(err).__name__}: {err}")
-
-    mgr = ExtensionManager(namespace=NODE_GROUP, invoke_on_load=False,
-                           on_load_failure_callback=on_failure)
-    for ext in mgr.extensions:
-        dist, version = entry_point_origin(NODE_GROUP, ext.name, ext.entry_point.value)
-        cls = ext.plugin
-        error = None
-        if not (isinstance(cls, type) and issubclass(cls, Node)):
-            error = f"TypeError: {ext.entry_point.value} is not a telewire.nodes.Node subclass"
-            cls = None
-        found[ext.name] = NodeTypeInfo(ext.name, cls, ext.entry_point.value, dist, version, error)
-    return found
+    found = load_group(NODE_GROUP, base=Node)
+    types = {n: NodeTypeInfo(n, cls, i.entry_point, i.distribution, i.version)
+             for (n, cls), i in zip(found.loaded.items(), found.infos.values())}
+    for f in found.failures:
+        types.setdefault(f.name, NodeTypeInfo(f.name, None, f.entry_point, f.distribution, "",
+                                              f.error))
+    return types
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +176,8 @@ def _config_error(exc: ValidationError, source: str, node: str) -> GraphError:
             text = f" (value {shown(value, *err['loc'])})"
         if isinstance(value, str) and value and any(is_secret_name(p) for p in err["loc"]):
             msg = msg.replace(value, MASK)  # a validator that quotes its input
-        lines.append(f"  {node}.config.{loc}: {mask_text(msg)}{text}")
+        where = f"{node}.config.{loc}" if loc else f"{node}.config"
+        lines.append(f"  {where}: {mask_text(msg)}{text}")
     return GraphError("\n".join(lines))
 
 
@@ -236,7 +225,8 @@ class Graph:
         return [n for n, s in self.nodes.items() if issubclass(s.cls, cls)]
 
     def check_carrier(self, carrier: Carrier) -> None:
-        """Refuse a carrier that lacks a capability a node of this graph requires.
+        """Refuse a carrier that lacks a capability a node of this graph requires, or whose
+        audio a node cannot take (:meth:`Node.carrier_problem`).
 
         Raises:
             GraphError: naming the file, the node, the capability and the carrier.
@@ -248,6 +238,9 @@ class Graph:
                     raise GraphError(f"{self.source}: node {name!r} (type {spec.type!r}) needs "
                                      f"carrier capability {cap!r}, which carrier "
                                      f"{carrier.name!r} does not have")
+            problem = spec.cls.carrier_problem(spec.config, caps)
+            if problem is not None:
+                raise GraphError(f"{self.source}: node {name!r} (type {spec.type!r}): {problem}")
 
     def instantiate(self, call: "CallGraph") -> dict[str, Node]:
         """Make this graph's nodes for one call and wire their ports."""

@@ -12,13 +12,10 @@ the per-frame path is one pluggy call on one implementation.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 import pluggy
 from loguru import logger
-from stevedore import ExtensionManager
 
 from telewire import hookspecs
 from telewire.carrier import (
@@ -31,6 +28,7 @@ from telewire.carrier import (
 )
 from telewire.errors import CarrierError, ConfigError, PluginError
 from telewire.frames import AudioFrame, Frame
+from telewire.plugins import LoadFailure, PluginInfo, entry_point_origin, load_group
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
@@ -51,42 +49,6 @@ _REQUIRED_HOOKS = (
     "telewire_parse_inbound",
     "telewire_wrap_audio",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class LoadFailure:
-    """A plugin that could not be loaded: its entry point, distribution and error."""
-
-    name: str
-    entry_point: str
-    distribution: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class PluginInfo:
-    """An installed plugin (carrier, node type, store …) for ``telewire plugins``."""
-
-    group: str
-    name: str
-    entry_point: str
-    distribution: str
-    version: str
-
-
-def entry_point_origin(group: str, name: str, value: str = "") -> tuple[str, str]:
-    """The ``(distribution, version)`` that provides entry point ``name`` in ``group``.
-
-    stevedore's cached entry points do not carry their distribution, so it is looked up here.
-    Returns empty strings when it cannot be found (a plugin registered by hand).
-    """
-    for ep in metadata.entry_points(group=group, name=name):
-        if value and ep.value != value:
-            continue
-        dist = getattr(ep, "dist", None)
-        if dist is not None:
-            return dist.metadata["Name"] or "", dist.version or ""
-    return "", ""
 
 
 class Carrier:
@@ -267,36 +229,16 @@ class CarrierRegistry:
             self._register(name, plugin, PluginInfo(CARRIER_GROUP, name, "", "", ""))
 
     def _discover(self) -> None:
-        def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
-            dist, _ = entry_point_origin(CARRIER_GROUP, ep.name, ep.value)
-            failure = LoadFailure(ep.name, ep.value, dist, f"{type(err).__name__}: {err}")
-            self.failures.append(failure)
-            logger.error("carrier plugin {!r} ({}) failed to load: {}", ep.name, ep.value,
-                         failure.error)
-
-        mgr = ExtensionManager(
-            namespace=CARRIER_GROUP,
-            invoke_on_load=False,
-            on_load_failure_callback=on_failure,
-        )
-        seen: dict[str, str] = {}
-        for ext in mgr.extensions:
-            dist, version = entry_point_origin(CARRIER_GROUP, ext.name, ext.entry_point.value)
-            if ext.name in seen:
-                self.failures.append(LoadFailure(
-                    ext.name, ext.entry_point.value, dist,
-                    f"ConflictError: carrier name {ext.name!r} is also claimed by "
-                    f"{seen[ext.name]}; neither is loaded",
-                ))
-                self._unregister(ext.name)
-                continue
-            seen[ext.name] = ext.entry_point.value
-            info = PluginInfo(CARRIER_GROUP, ext.name, ext.entry_point.value, dist, version)
+        found = load_group(CARRIER_GROUP)
+        self.failures.extend(found.failures)
+        for name, plugin in found.loaded.items():
+            info = found.infos[name]
             try:
-                self._register(ext.name, ext.plugin, info)
+                self._register(name, plugin, info)
             except PluginError as exc:
-                self.failures.append(LoadFailure(ext.name, ext.entry_point.value, dist, str(exc)))
-                logger.error("carrier plugin {!r} rejected: {}", ext.name, exc)
+                self.failures.append(LoadFailure(name, info.entry_point, info.distribution,
+                                                 str(exc), CARRIER_GROUP))
+                logger.error("carrier plugin {!r} rejected: {}", name, exc)
 
     def _register(self, name: str, plugin: object, info: PluginInfo) -> None:
         try:
@@ -319,12 +261,6 @@ class CarrierRegistry:
             raise PluginError(f"carrier {name!r} breaks the hook contract: {msg}",
                               plugin=name) from None
         self.infos[name] = info
-
-    def _unregister(self, name: str) -> None:
-        plugin = self.pm.get_plugin(name)
-        if plugin is not None:
-            self.pm.unregister(plugin)
-        self.infos.pop(name, None)
 
     def envelope_presets(self) -> dict[str, Any]:
         """Every plugin's named envelope specs (``telewire_envelope_presets``).

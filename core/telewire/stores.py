@@ -30,15 +30,14 @@ import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
-from stevedore import ExtensionManager
 
 from telewire.errors import ConfigError, TelewireError
+from telewire.plugins import load_group
 
 __all__ = [
     "STORE_GROUP",
@@ -403,22 +402,7 @@ def store_classes() -> dict[str, type[Store]]:
     """Every store type, by scheme: entry points in ``telewire.stores`` (a plugin that fails to
     load is logged by name and skipped). The built-in ``file`` and ``s3`` come through the
     same door, as entry points of the ``telewire`` distribution."""
-    found: dict[str, type[Store]] = {}
-
-    def on_failure(_mgr: Any, ep: metadata.EntryPoint, err: BaseException) -> None:
-        logger.error("store plugin {!r} ({}) failed to load: {}: {}", ep.name, ep.value,
-                     type(err).__name__, err)
-
-    mgr = ExtensionManager(namespace=STORE_GROUP, invoke_on_load=False,
-                           on_load_failure_callback=on_failure)
-    for ext in mgr.extensions:
-        cls = ext.plugin
-        if isinstance(cls, type) and issubclass(cls, Store):
-            found[ext.name] = cls
-        else:
-            logger.error("store plugin {!r}: {} is not a telewire.stores.Store subclass",
-                         ext.name, ext.entry_point.value)
-    return found
+    return dict(load_group(STORE_GROUP, base=Store).loaded)
 
 
 def open_store(url: str) -> Store:

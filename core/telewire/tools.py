@@ -65,13 +65,14 @@ def resolve_function(ref: str, *, where: str) -> Callable[..., Any]:
             raise ConfigError(f"{where}: cannot import {module_name!r}: {exc}") from None
         fn = getattr(module, attr, None)
     else:
-        from stevedore import ExtensionManager
+        from telewire.plugins import load_group
 
-        mgr = ExtensionManager(namespace=TOOL_GROUP, invoke_on_load=False)
-        fn = next((e.plugin for e in mgr.extensions if e.name == ref), None)
+        found = load_group(TOOL_GROUP, check=lambda _n, fn: None if callable(fn) else
+                           f"TypeError: {type(fn).__name__} object is not callable")
+        fn = found.loaded.get(ref)
         if fn is None:
             raise ConfigError(f"{where}: {ref!r} is neither 'module:function' nor a tool entry "
-                              f"point (installed: {', '.join(sorted(mgr.names())) or 'none'})")
+                              f"point: {found.unknown('tool', ref)}")
     if not callable(fn):
         raise ConfigError(f"{where}: {ref!r} is not callable")
     return fn

@@ -112,6 +112,13 @@ class Node:
         return {}
 
     @classmethod
+    def carrier_problem(cls, config: Any, capabilities: Any) -> str | None:
+        """Why this node, so configured, cannot serve calls of a carrier with these
+        :class:`~telewire.carrier.Capabilities` (``None``: it can). Checked when a server
+        starts, once per carrier; a carrier with a problem has its calls refused."""
+        return None
+
+    @classmethod
     async def on_server_start(cls, name: str, config: Any) -> None:
         """A server that runs this node's graph started (once per node of the graph, before
         any call): resume work left from an earlier process here (the recorder's spool)."""

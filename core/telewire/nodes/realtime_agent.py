@@ -29,7 +29,13 @@ from telewire.frames import (
     UsageFrame,
 )
 from telewire.nodes.base import Node
-from telewire.realtime.base import ProviderConfig, RealtimeSession, create_session
+from telewire.realtime.base import (
+    ProviderCapabilities,
+    ProviderConfig,
+    RealtimeSession,
+    create_session,
+    provider_class,
+)
 from telewire.tools import ToolBox
 
 __all__ = ["RealtimeAgent"]
@@ -56,6 +62,11 @@ class RealtimeAgentConfig(ProviderConfig):
             (``audio_input``, ``audio_cached_input``, ``text_output`` …, USD per 1M tokens, or
             ``per_minute``), replacing the shipped entry (``telewire/data/prices.toml``).
         prices_file: a TOML file shaped like the shipped one, merged over it model by model.
+        require: provider capabilities this graph relies on (``truncate``, ``tools``,
+            ``voice_change`` …: names of :class:`~telewire.realtime.base.ProviderCapabilities`
+            fields, or ``turn_based`` / ``full_duplex``); loading the graph fails when the
+            provider does not declare them. Tools, built-in tools and transfer targets in this
+            config are asks for ``tools`` by themselves.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,7 +77,24 @@ class RealtimeAgentConfig(ProviderConfig):
     budget_goodbye_timeout_s: float = Field(default=15.0, gt=0)
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices_file: str | None = None
+    require: list[str] = Field(default_factory=list)
     _price_table: PriceTable = PrivateAttr(default_factory=default_prices)
+
+    @model_validator(mode="after")
+    def _provider_can(self) -> "RealtimeAgentConfig":
+        caps = provider_class(self.provider).capabilities
+        asks = [(name, "rt.config.require") for name in self.require]
+        if self.tools:
+            asks.append(("tools", "rt.config.tools"))
+        if "builtin_tools" in self.model_fields_set and self.builtin_tools:
+            asks.append(("tools", "rt.config.builtin_tools"))
+        if self.transfer_targets:
+            asks.append(("tools", "rt.config.transfer_targets"))
+        for name, where in asks:
+            problem = capability_missing(caps, name)
+            if problem is not None:
+                raise ValueError(f"provider {self.provider!r} {problem} (asked for by {where})")
+        return self
 
     @model_validator(mode="after")
     def _load_prices(self) -> "RealtimeAgentConfig":
@@ -91,6 +119,27 @@ class RealtimeAgentConfig(ProviderConfig):
     def price_table(self) -> PriceTable:
         """The shipped prices with this node's ``prices_file`` and ``prices`` over them."""
         return self._price_table
+
+
+def capability_missing(caps: ProviderCapabilities, name: str) -> str | None:
+    """Why ``caps`` lacks capability ``name`` (``None`` when it has it).
+
+    Raises:
+        ValueError: ``name`` is no capability.
+    """
+    if name in ("turn_based", "full_duplex"):
+        return None if caps.turn_model == name else (
+            f"is {caps.turn_model.replace('_', '-')}, not {name.replace('_', '-')}")
+    if name in ("audio_formats", "billing", "session_max_s", "key_env", "turn_model") or \
+            name not in ProviderCapabilities.__dataclass_fields__:
+        known = sorted(n for n in ProviderCapabilities.__dataclass_fields__
+                       if n not in ("audio_formats", "billing", "session_max_s", "key_env",
+                                    "turn_model")) + ["full_duplex", "turn_based"]
+        raise ValueError(f"unknown provider capability {name!r}; known: {', '.join(known)}")
+    value = getattr(caps, name)
+    if value and value != "never":
+        return None
+    return f"does not have capability {name!r}"
 
 
 class RealtimeAgent(Node):
@@ -134,14 +183,23 @@ class RealtimeAgent(Node):
             ErrorFrame: "errors",
         }
 
+    @classmethod
+    def carrier_problem(cls, config: RealtimeAgentConfig, capabilities: Any) -> str | None:
+        return _format_problem(config.provider, capabilities.media_format)
+
     async def on_call_start(self, frame: StartFrame) -> None:
+        problem = _format_problem(self.config.provider, frame.media_format)
+        if problem is not None:
+            self.call.log.error("{}: {}", self.name, problem)
+            await self.call.end("config_error", f"node {self.name!r}: {problem}")
+            return
         try:
-            kwargs: dict[str, Any] = {}
-            if self.config.provider != "echo":
-                kwargs["log"] = self.call.log
-                kwargs["tools"] = ToolBox(self.config.tools, self.config.builtin_tools, self.call,
-                                          transfer_targets=self.config.transfer_targets)
-            self.session = create_session(self.config, self._from_model, **kwargs)
+            tools = None
+            if provider_class(self.config.provider).capabilities.tools:
+                tools = ToolBox(self.config.tools, self.config.builtin_tools, self.call,
+                                transfer_targets=self.config.transfer_targets)
+            self.session = create_session(self.config, self._from_model, log=self.call.log,
+                                          tools=tools)
         except ConfigError as exc:
             self.call.log.error("{}", exc)
             await self.call.end("config_error", str(exc))
@@ -297,3 +355,13 @@ class RealtimeAgent(Node):
 
     def samples(self) -> dict[str, list[float]]:
         return self.session.samples() if self.session is not None else {}
+
+
+def _format_problem(provider: str, fmt: Any) -> str | None:
+    """Why ``provider`` cannot take audio of media format ``fmt`` unchanged (or ``None``)."""
+    caps = provider_class(provider).capabilities
+    if caps.supports(fmt.codec, fmt.sample_rate):
+        return None
+    offered = ", ".join(sorted(f"{c}/{r}" for c, r in caps.audio_formats))
+    return (f"provider {provider!r} takes {offered} unchanged (capability 'audio_formats'), "
+            f"not the carrier's {fmt.codec}/{fmt.sample_rate}; telewire does not transcode")

@@ -279,9 +279,12 @@ class RealtimeSession(abc.ABC):
     #: The pydantic model of ``rt.config.options``; ``None``: the provider takes no options.
     Options: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, config: ProviderConfig, sink: FrameSink) -> None:
+    def __init__(self, config: ProviderConfig, sink: FrameSink, *, log: Any = None,
+                 tools: Any = None) -> None:
         self.config = config
         self.sink = sink
+        self.log = log if log is not None else logger.bind(provider=self.name)
+        self.tools = tools
 
     @abc.abstractmethod
     async def start(self, start: StartFrame) -> None:
