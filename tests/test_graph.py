@@ -88,7 +88,7 @@ def test_bad_config_value_names_node_key_and_value(tmp_path):
 
 
 def test_unknown_config_key_is_rejected(tmp_path):
-    p = write(tmp_path, DEFAULT.replace('voice = "marin"', 'voice = "marin"\ntemperature = 0.8'))
+    p = write(tmp_path, DEFAULT.replace('provider = "echo"', 'provider = "echo"\ntemperature = 0.8'))
     with pytest.raises(GraphError, match="rt.config.temperature: Extra inputs are not permitted"):
         load_graph(p)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, ClassVar, Literal
+from typing import Any, Awaitable, Callable, ClassVar, Literal, Mapping
 
 from loguru import logger
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError,
@@ -230,7 +230,14 @@ class ProviderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _provider_options(self) -> "ProviderConfig":
-        options_model = provider_class(self.provider).Options
+        cls = provider_class(self.provider)
+        for name, value in cls.defaults.items():
+            if name not in type(self).model_fields:
+                raise ValueError(f"provider {self.provider!r} declares a default for "
+                                 f"{name!r}, which rt.config does not have")
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value  # still unset: the provider's default
+        options_model = cls.Options
         if options_model is None:
             if self.options:
                 raise ValueError(f"provider {self.provider!r} takes no options; got "
@@ -278,6 +285,9 @@ class RealtimeSession(abc.ABC):
     capabilities: ClassVar[ProviderCapabilities] = ProviderCapabilities()
     #: The pydantic model of ``rt.config.options``; ``None``: the provider takes no options.
     Options: ClassVar[type[BaseModel] | None] = None
+    #: The provider's values for ``rt.config`` fields a graph leaves unset (``url``, ``model``,
+    #: ``voice`` …), in place of :class:`ProviderConfig`'s, which are OpenAI Realtime's.
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: ProviderConfig, sink: FrameSink, *, log: Any = None,
                  tools: Any = None) -> None:
