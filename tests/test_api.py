@@ -24,7 +24,8 @@ LAYERS = {
 }
 PUBLIC_FOR_PLUGINS = {"telewire", "telewire.carrier", "telewire.envelope", "telewire.errors",
                       "telewire.frames", "telewire.hookspecs", "telewire.testing",
-                      "telewire.testing.conformance"}
+                      "telewire.testing.conformance", "telewire.testing.provider_kit",
+                      "telewire.realtime.common"}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -177,13 +177,22 @@ def _fresh_venv(where: Path, env: dict[str, str]) -> Path:
     return python
 
 
-def test_rendered_carrier_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
+def child_env() -> dict[str, str]:
+    """This process's environment for a child that must not see this test run's settings."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS",
                         "PYTEST_PLUGINS") and not k.startswith("TELEWIRE_")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
-    source = tmp_path / "src" / NAME
-    render.render(NAME, source)
+    return env
+
+
+def install_rendered(source: Path, tmp_path: Path, env: dict[str, str], *,
+                     package: str) -> tuple[Path, Path]:
+    """Build the rendered distribution at ``source`` into a wheel, install it into a fresh
+    virtualenv under ``tmp_path``, and check ``package`` is imported from there.
+
+    Returns the virtualenv's python and the folder to run it in (never the source folder).
+    """
     elsewhere = tmp_path / "elsewhere"  # cwd of every run: never the source folder
     elsewhere.mkdir()
 
@@ -193,16 +202,31 @@ def test_rendered_carrier_installs_and_passes_its_own_tests(tmp_path: Path) -> N
     offline = ["--no-build-isolation"] if _outer_setuptools_builds_pep639() else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels),
           *offline, str(source)], timeout=BUILD_TIMEOUT_S, cwd=elsewhere, env=env,
-         what="building the rendered carrier's wheel")
-    (wheel,) = wheels.glob("telewire_acme_voice-0.1.0-*.whl")
+         what="building the rendered plugin's wheel")
+    (wheel,) = wheels.glob(f"{package}-0.1.0-*.whl")
 
     python = _fresh_venv(tmp_path / "venv", env)
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
          timeout=BUILD_TIMEOUT_S, cwd=elsewhere, env=env, what="installing the wheel")
-    where = _run([str(python), "-c", "import telewire_acme_voice as m; print(m.__file__)"],
-                 timeout=RUN_TIMEOUT_S, cwd=elsewhere, env=env, what="importing the carrier")
+    where = _run([str(python), "-c", f"import {package} as m; print(m.__file__)"],
+                 timeout=RUN_TIMEOUT_S, cwd=elsewhere, env=env, what="importing the plugin")
     assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv"), (
-        f"the carrier was imported from {where.stdout.strip()}, not the new virtualenv")
+        f"the plugin was imported from {where.stdout.strip()}, not the new virtualenv")
+    return python, elsewhere
+
+
+def pytest_counts(stdout: str) -> dict[str, int]:
+    """``{"passed": n, "skipped": n, ...}`` from the summary line of ``pytest -q``."""
+    summary = stdout.strip().splitlines()[-1]
+    return {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped)",
+                                                   summary)}
+
+
+def test_rendered_carrier_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
+    env = child_env()
+    source = tmp_path / "src" / NAME
+    render.render(NAME, source)
+    python, elsewhere = install_rendered(source, tmp_path, env, package="telewire_acme_voice")
 
     listed = _run([str(python), "-m", "telewire.cli", "plugins", "--json"],
                   timeout=RUN_TIMEOUT_S, cwd=elsewhere, env=env, what="telewire plugins --json")
@@ -217,8 +241,7 @@ def test_rendered_carrier_installs_and_passes_its_own_tests(tmp_path: Path) -> N
                  timeout=RUN_TIMEOUT_S, cwd=elsewhere, env=env,
                  what="the rendered carrier's own tests")
     summary = tests.stdout.strip().splitlines()[-1]
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped)",
-                                                     summary)}
+    counts = pytest_counts(tests.stdout)
     assert not counts.get("failed") and not counts.get("error") and not counts.get("errors"), (
         tests.stdout)
     # the whole kit (60+ tests, none skipped: the template declares every capability and

@@ -220,6 +220,9 @@ class ProviderKeys(BaseSettings):
             provider).
         azure_openai_api_key: ``TELEWIRE_AZURE_OPENAI_API_KEY`` or ``AZURE_OPENAI_API_KEY`` (the
             ``azure`` provider).
+        xai_api_key: ``TELEWIRE_XAI_API_KEY`` or ``XAI_API_KEY`` (the ``xai`` provider).
+        deepgram_api_key: ``TELEWIRE_DEEPGRAM_API_KEY`` or ``DEEPGRAM_API_KEY`` (the ``deepgram``
+            provider).
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -227,6 +230,8 @@ class ProviderKeys(BaseSettings):
     openai_api_key: SecretStr | None = _key("TELEWIRE_OPENAI_API_KEY", "OPENAI_API_KEY")
     azure_openai_api_key: SecretStr | None = _key("TELEWIRE_AZURE_OPENAI_API_KEY",
                                                   "AZURE_OPENAI_API_KEY")
+    xai_api_key: SecretStr | None = _key("TELEWIRE_XAI_API_KEY", "XAI_API_KEY")
+    deepgram_api_key: SecretStr | None = _key("TELEWIRE_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY")
 
     @field_validator("*", mode="before")
     @classmethod

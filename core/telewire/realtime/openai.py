@@ -44,6 +44,17 @@ from telewire.frames import (
 )
 from telewire.realtime.base import (FrameSink, ProviderCapabilities, ProviderConfig,
                                     RealtimeSession)
+from telewire.realtime.common import (
+    COMPLAINT_INTERVAL_S,
+    HARD_LIMIT_FACTOR,
+    LOOPBACK_HOSTS,
+    RECONNECT_CLOSE_CODES,
+    Throttle,
+    clean,
+    close_text,
+    describe,
+    error_fields,
+)
 from telewire.realtime.wsclient import ModelConnection
 from telewire.settings import ProviderKeys, provider_keys
 
@@ -73,21 +84,11 @@ BENIGN_ERROR_CODES = frozenset({
     "conversation_already_has_active_response",
     "input_audio_buffer_commit_empty",
 })
-#: Close codes after which the session reconnects and replays the conversation: normal (the
-#: provider has no business ending a live call's session; ``end_call`` is how the model hangs
-#: up), going away, abnormal (no close frame), internal error, service restart, try again later.
-#: Other codes (policy violation 1008, the beta refusal 4000 …) end the call.
-RECONNECT_CLOSE_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013})
 #: Errors that end this provider session but not the call: reconnect and replay.
 _REPLAYABLE_ERROR_CODES = frozenset({"session_expired"})
 #: The only audio format this provider speaks, both ways.
 PCMU = "audio/pcmu"
-#: Hosts on which a missing API key is replaced by a placeholder (local fake servers).
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _PLACEHOLDER_KEY = "sk-telewire-loopback"
-#: The socket itself refuses messages this many times ``max_message_bytes`` (close 1009); messages
-#: between the two limits are dropped with an error log and the session goes on.
-_HARD_LIMIT_FACTOR = 4
 
 # The hot path: one append event is built by concatenation around the carrier's base64 text.
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
@@ -102,8 +103,6 @@ _ITEMS_KEPT = 64
 #: A ``response.create`` we sent that has seen no ``response.created`` after this long no longer
 #: holds back the next one.
 _CREATE_WAIT_S = 10.0
-#: At most one log line per this many seconds about each kind of bad provider message.
-_COMPLAINT_INTERVAL_S = 10.0
 
 
 async def _not_started(event: str) -> None:
@@ -178,7 +177,7 @@ class OpenAISession(RealtimeSession):
         self._say_refused: set[str] = set()  # ... whose create the provider refused (busy)
         self._productive = False  # the live connection has produced a response
         self._barren = 0  # consecutive connections the provider closed before any response
-        self._complaints: dict[str, _Throttle] = {}
+        self._complaints: dict[str, Throttle] = {}
         self.reconnects = 0
         self.handovers = 0
         #: Audio deltas dropped because they were not base64 text, or held too much audio.
@@ -278,7 +277,7 @@ class OpenAISession(RealtimeSession):
                 ws = await connect(
                     url,
                     additional_headers=headers,
-                    max_size=self.config.max_message_bytes * _HARD_LIMIT_FACTOR,
+                    max_size=self.config.max_message_bytes * HARD_LIMIT_FACTOR,
                     compression=None,  # base64 audio barely compresses; deflate costs CPU per frame
                     open_timeout=None,  # bounded by the enclosing timeout
                     create_connection=ModelConnection,  # the lean per-message path
@@ -307,7 +306,7 @@ class OpenAISession(RealtimeSession):
                                 f"{timeout:g}s", code=None) from None
         except ConnectionClosed as exc:
             raise ProviderError(f"{self.name}: {where} closed the connection during set-up "
-                                f"({_close_text(exc)})", code=None) from None
+                                f"({close_text(exc)})", code=None) from None
         except BaseException:
             await ws.close()
             raise
@@ -362,7 +361,7 @@ class OpenAISession(RealtimeSession):
                 ws = await self._connect(replay=True)
             except (ProviderError, ConfigError) as exc:
                 self._log.warning("{}: reconnect {} of {} failed: {}", self.name, attempt,
-                                  attempts, _clean(str(exc)))
+                                  attempts, clean(str(exc)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max_backoff_s)
                 continue
@@ -455,8 +454,8 @@ class OpenAISession(RealtimeSession):
         rid = self._response_id
         if rid is not None:
             self._dropped.add(rid)
-            if frame.source != "model" or not self.config.turn_detection.interrupt_response:
-                await self._send_event({"type": "response.cancel", "response_id": rid})
+            if not self._provider_cancelled(frame):
+                await self._send_event(self._cancel_event(rid))
         item = frame.item_id
         if item is None or frame.heard_ms is None or item not in self._item_chars:
             return
@@ -471,6 +470,24 @@ class OpenAISession(RealtimeSession):
         self._log.info("{}: truncated {!r} at {} of {:.0f} ms", self.name, item, end_ms,
                        received_ms)
 
+    def _session_patch(self, instructions: str | None, voice: str | None) -> dict[str, Any]:
+        """The ``session`` of a mid-call ``session.update`` changing what is not ``None``."""
+        session: dict[str, Any] = {"type": "realtime"}
+        if instructions is not None:
+            session["instructions"] = instructions
+        if voice is not None:
+            session["audio"] = {"output": {"voice": voice}}
+        return session
+
+    def _provider_cancelled(self, frame: InterruptFrame) -> bool:
+        """Whether the provider has itself cancelled the response this interrupt stops (its
+        VAD heard the caller, with ``interrupt_response`` on), so no ``response.cancel`` is due."""
+        return frame.source == "model" and self.config.turn_detection.interrupt_response
+
+    def _cancel_event(self, response_id: str) -> dict[str, Any]:
+        """The ``response.cancel`` event that stops response ``response_id``."""
+        return {"type": "response.cancel", "response_id": response_id}
+
     async def steer(self, frame: SteerFrame) -> None:
         """Change instructions now; change the voice at the next turn boundary.
 
@@ -479,17 +496,16 @@ class OpenAISession(RealtimeSession):
         change waits for ``response.done`` and then hands the call over to a fresh session with
         the conversation replayed.
         """
-        session: dict[str, Any] = {"type": "realtime"}
+        voice = None
         if frame.instructions is not None:
             self._instructions = frame.instructions
-            session["instructions"] = frame.instructions
         swap = frame.voice is not None and frame.voice != self._voice
         if swap and not self._audio_heard:
-            self._voice = frame.voice  # type: ignore[assignment]
-            session["audio"] = {"output": {"voice": frame.voice}}
+            self._voice = voice = frame.voice
             swap = False
-        if len(session) > 1:
-            await self._send_event({"type": "session.update", "session": session})
+        if frame.instructions is not None or voice is not None:
+            await self._send_event({"type": "session.update",
+                                    "session": self._session_patch(frame.instructions, voice)})
         if not swap:
             return
         if self._response_id is not None:
@@ -520,7 +536,7 @@ class OpenAISession(RealtimeSession):
                 self._say_refused.discard(tag)
                 await self._send_event({
                     "type": "response.create", "event_id": _SAY_EVENT_PREFIX + tag,
-                    "response": {"instructions": instructions, "metadata": {"telewire": tag}}})
+                    "response": self._say_response(instructions, tag)})
                 while not waiter.done() and tag not in self._say_refused:
                     await asyncio.wait({waiter}, timeout=0.05)
                 if waiter.done():
@@ -529,6 +545,15 @@ class OpenAISession(RealtimeSession):
         finally:
             self._say_waiters.pop(tag, None)
             self._say_refused.discard(tag)
+
+    def _say_response(self, instructions: str, tag: str) -> dict[str, Any]:
+        """The ``response`` object of say()'s ``response.create``: the provider echoes its
+        ``metadata`` in that response's ``response.done`` (see :meth:`_say_tag`)."""
+        return {"instructions": instructions, "metadata": {"telewire": tag}}
+
+    def _say_tag(self, response: dict[str, Any]) -> str:
+        """The say() tag a finished response answers (``""``: none), from ``response.done``."""
+        return (response.get("metadata") or {}).get("telewire") or ""
 
     # -- session configuration -------------------------------------------------------------------
 
@@ -587,10 +612,17 @@ class OpenAISession(RealtimeSession):
         key = self._settings_key(provider_keys())
         if key:
             return key
-        if urlsplit(self.config.url).hostname in _LOOPBACK_HOSTS:
+        if urlsplit(self.config.url).hostname in LOOPBACK_HOSTS:
             return _PLACEHOLDER_KEY
         raise ConfigError(f"rt.config.api_key is not set and {self.key_name} is not in the "
                           f"environment or .env; {where} needs an API key")
+
+    #: The server events that say a new connection's session is ready to be configured.
+    _created_events: frozenset[str] = frozenset({"session.created"})
+
+    def _on_created(self, event: dict[str, Any]) -> None:
+        """The event of :attr:`_created_events` that opened a connection (default: nothing to
+        keep from it)."""
 
     async def _await_session_created(self, ws: ClientConnection, where: str) -> None:
         while True:
@@ -601,10 +633,11 @@ class OpenAISession(RealtimeSession):
                 raise ProviderProtocolError(f"openai: {where} sent non-JSON before session.created: "
                                             f"{exc}") from None
             kind = event.get("type") if isinstance(event, dict) else None
-            if kind == "session.created":
+            if kind in self._created_events:
+                self._on_created(event)
                 return
             if kind == "error":
-                code, message = _error_fields(event)
+                code, message = error_fields(event)
                 raise ProviderError(f"openai: {where} refused the session: {code}: {message}",
                                     code=code)
             self._log.debug("openai: ignoring {!r} before session.created", kind)
@@ -658,7 +691,7 @@ class OpenAISession(RealtimeSession):
                                    "({}): {!r}", self.name, exc, raw[:120])
                 except (KeyError, TypeError, AttributeError) as exc:
                     self._complain("field", "{}: dropped a provider event without a usable "
-                                   "field ({!r}): {!r}", self.name, _describe(exc), raw[:200])
+                                   "field ({!r}): {!r}", self.name, describe(exc), raw[:200])
                 if self._ended or ws is not self._ws:
                     return
         except ConnectionClosed as exc:
@@ -666,7 +699,7 @@ class OpenAISession(RealtimeSession):
                 return  # we closed it (hang-up or handover), or a handover is replacing it
             close = exc.rcvd or exc.sent
             code = close.code if close is not None else 1006
-            why = f"the provider closed the connection ({_close_text(exc)})"
+            why = f"the provider closed the connection ({close_text(exc)})"
             self._barren = 0 if self._productive else self._barren + 1
             attempts = self.config.reconnect_attempts
             if code in RECONNECT_CLOSE_CODES and attempts > 0 and self._barren <= attempts:
@@ -680,7 +713,7 @@ class OpenAISession(RealtimeSession):
         except Exception as exc:  # a bug below us (the sink); the call must not hang silently
             self._log.exception("{}: the session reader failed", self.name)
             if not self._closed:
-                await self._end("session_error", f"the session reader failed: {_describe(exc)}")
+                await self._end("session_error", f"the session reader failed: {describe(exc)}")
 
     def _bad_delta(self, delta: Any) -> None:
         """Count an audio delta that cannot go to the carrier; log it (rate-limited)."""
@@ -697,10 +730,10 @@ class OpenAISession(RealtimeSession):
 
     def _complain(self, kind: str, message: str, *args: Any, level: str = "ERROR") -> None:
         """Log a bad provider message: at most one line per ``kind`` every
-        ``_COMPLAINT_INTERVAL_S``, saying how many were held back since."""
+        ``COMPLAINT_INTERVAL_S``, saying how many were held back since."""
         throttle = self._complaints.get(kind)
         if throttle is None:
-            throttle = self._complaints[kind] = _Throttle(_COMPLAINT_INTERVAL_S)
+            throttle = self._complaints[kind] = Throttle(COMPLAINT_INTERVAL_S)
         held = throttle.held_back()
         if held is None:
             return
@@ -756,7 +789,7 @@ class OpenAISession(RealtimeSession):
                 output_text_tokens=_tokens(details_out.get("text_tokens")),
                 output_audio_tokens=_tokens(details_out.get("audio_tokens")),
             ))
-        say = self._say_waiters.pop(((response.get("metadata") or {}).get("telewire") or ""), None)
+        say = self._say_waiters.pop(self._say_tag(response), None)
         if say is not None and not say.done():
             say.set_result(response.get("status") == "completed")
         if calls and response.get("status") == "completed":
@@ -832,7 +865,7 @@ class OpenAISession(RealtimeSession):
                              "the provider did not accept mu-law pass-through")
 
     async def _on_error(self, event: dict[str, Any]) -> None:
-        code, message = _error_fields(event)
+        code, message = error_fields(event)
         if event["error"].get("event_id") == _SETUP_EVENT_ID:
             await self._fail(f"the provider refused the session set-up: {code}: {message}")
         elif code in _REPLAYABLE_ERROR_CODES and self.config.reconnect_attempts > 0:
@@ -841,6 +874,15 @@ class OpenAISession(RealtimeSession):
         elif code in FATAL_ERROR_CODES or code in _REPLAYABLE_ERROR_CODES:
             self._log.error("{}: fatal provider error {}: {!r}", self.name, code, message)
             await self._end("provider_error", f"{code}: {message}")
+        elif code == "cannot_update_voice" and self.config.reconnect_attempts > 0:
+            # the model spoke before our voice change arrived: swap at the next turn boundary
+            self._log.info("{}: voice {!r} refused (the model has spoken); it will apply in a "
+                           "fresh session", self.name, self._voice)
+            self._audio_heard = True
+            if self._response_id is not None:
+                self._pending_voice = self._voice
+            else:
+                self._spawn(self._handover(f"voice {self._voice!r}"), "handover")
         elif code in BENIGN_ERROR_CODES:
             sent = str(event["error"].get("event_id") or "")
             if (code == "conversation_already_has_active_response"
@@ -890,7 +932,7 @@ class OpenAISession(RealtimeSession):
 
     async def _fail(self, detail: str) -> None:
         """A fatal protocol problem: report it loudly and end the session. (``detail`` quotes
-        provider text only through :func:`_error_fields` or ``!r``: it is safe to log.)"""
+        provider text only through :func:`error_fields` or ``!r``: it is safe to log.)"""
         self._log.error("{}: {}", self.name, detail)
         await self.sink(ErrorFrame(source=self.name, message=detail, fatal=True))
         await self._end("provider_error", detail)
@@ -976,52 +1018,3 @@ def _tokens(value: Any) -> int:
 
 #: ``event_id`` prefix of say()'s ``response.create`` (its refusal names it)
 _SAY_EVENT_PREFIX = "telewire-say-"
-
-
-class _Throttle:
-    """Allows one event per ``interval`` seconds and counts the ones it held back."""
-
-    __slots__ = ("interval", "next_at", "held")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.next_at = 0.0
-        self.held = 0
-
-    def held_back(self) -> int | None:
-        """``None`` when this event must be held back; else how many were held back since the
-        last one allowed."""
-        now = time.monotonic()
-        if now < self.next_at:
-            self.held += 1
-            return None
-        held, self.held = self.held, 0
-        self.next_at = now + self.interval
-        return held
-
-
-def _clean(text: str, limit: int = 300) -> str:
-    """Provider (or other wire) text made safe to put in a log line or an end reason: control
-    and other unprintable characters escaped, at most ``limit`` characters."""
-    text = text[:limit]
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _error_fields(event: dict[str, Any]) -> tuple[str, str]:
-    """``error.code`` (or ``type``) and ``error.message`` of an ``error`` event, cleaned."""
-    error = event.get("error") or {}
-    code = error.get("code") or error.get("type") or "unknown_error"
-    return _clean(str(code), 80), _clean(str(error.get("message", "")))
-
-
-def _close_text(exc: ConnectionClosed) -> str:
-    close = exc.rcvd or exc.sent
-    if close is None:
-        return "no close frame"
-    return f"close code {close.code}" + (f": {close.reason!r}" if close.reason else "")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"

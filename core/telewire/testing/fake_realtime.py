@@ -479,6 +479,7 @@ class FakeConnection:
         responses: every response produced, in order (:class:`ResponseRecord`).
         truncations: every accepted ``conversation.item.truncate`` (:class:`Truncation`).
         function_outputs: every accepted ``function_call_output`` item (:class:`FunctionOutput`).
+        errors_sent: every ``error`` event sent to the client on this connection, in order.
         tool_calls: function calls scripted for the next responses of this connection (they go
             before the server's :attr:`FakeRealtimeServer.next_tool_calls`).
         closed: set when the connection has ended.
@@ -498,6 +499,7 @@ class FakeConnection:
         self.responses: list[ResponseRecord] = []
         self.truncations: list[Truncation] = []
         self.function_outputs: list[FunctionOutput] = []
+        self.errors_sent: list[dict[str, Any]] = []
         self.tool_calls: collections.deque[ScriptedToolCall] = collections.deque()
         self.closed = asyncio.Event()
         self._ids = itertools.count(1)
@@ -543,10 +545,10 @@ class FakeConnection:
                          error_type: str = "invalid_request_error", param: str | None = None,
                          event_id: str | None = None) -> None:
         """Send an ``error`` event (the connection stays open)."""
-        await self.send({"type": "error", "error": {
-            "type": error_type, "code": code, "message": message, "param": param,
-            "event_id": event_id,
-        }})
+        error = {"type": error_type, "code": code, "message": message, "param": param,
+                 "event_id": event_id}
+        self.errors_sent.append(error)
+        await self.send({"type": "error", "error": dict(error)})
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection from the server side, with a close frame (``code``, ``reason``)."""
@@ -1311,6 +1313,9 @@ class FakeRealtimeServer:
             connection's own :attr:`FakeConnection.tool_calls` go first).
     """
 
+    #: The class of each accepted connection (a dialect's fake subclasses it).
+    connection_class: type[FakeConnection] = FakeConnection
+
     def __init__(self, *, mode: str = "echo", host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, session_overrides: Mapping[str, Any] | None = None,
                  record: bool = True, talk_after_appends: int = 25, response_audio_ms: int = 2000,
@@ -1427,13 +1432,13 @@ class FakeRealtimeServer:
         assert request is not None
         query = parse_qs(urlsplit(request.path).query)
         model = (query.get("model") or [""])[0]
-        conn = FakeConnection(self, ws, model, len(self.connections))
+        conn = self.connection_class(self, ws, model, len(self.connections))
         self.connections.append(conn)
         self._new_connection.set()
         try:
             if await self._refuse(conn, request):
                 return
-            await conn.send({"type": "session.created", "session": copy.deepcopy(conn.session)})
+            await self._greet(conn)
             if self.session_max_s is not None:
                 conn._expiry_task = asyncio.create_task(self._expire_later(conn, self.session_max_s))
             while True:
@@ -1446,6 +1451,10 @@ class FakeRealtimeServer:
             if expiry is not None and not conn._expiring:
                 expiry.cancel()
             conn.closed.set()
+
+    async def _greet(self, conn: FakeConnection) -> None:
+        """The server's first events on an accepted connection: ``session.created``."""
+        await conn.send({"type": "session.created", "session": copy.deepcopy(conn.session)})
 
     @staticmethod
     async def _expire_later(conn: FakeConnection, seconds: float) -> None:

@@ -277,6 +277,9 @@ class ProviderTests:
             was already in flight); the provider's documentation should state it.
         rt_overrides: extra ``rt.config`` settings for every session.
         voices: two voices the provider accepts, for the voice-change test.
+        turn_gap_ms: for a provider whose replies are told apart by silence alone (GPT-Live),
+            the quiet that ends one; the barge-in test waits one and a half of it before asking
+            for the next reply.
     """
 
     provider: ClassVar[str]
@@ -284,6 +287,7 @@ class ProviderTests:
     barge_in_limit_ms: ClassVar[float] = 120.0
     rt_overrides: ClassVar[dict[str, Any]] = {}
     voices: ClassVar[tuple[str, str]] = ("marin", "cedar")
+    turn_gap_ms: ClassVar[float] = 0.0
 
     # -- fixtures -----------------------------------------------------------------------
 
@@ -386,6 +390,8 @@ class ProviderTests:
                                                    heard_ms=heard_ms))
             # a new 100 ms reply after the barge-in: the connection is ordered, so once all of
             # it has arrived, whatever the abandoned reply still sent before it has too
+            if self.turn_gap_ms:
+                await asyncio.sleep(self.turn_gap_ms * 1.5 / 1000)
             await quiet_fake.speak(100, transcript="after the barge-in")
             await sink.wait_until(lambda: len(sink.audio()) >= at_interrupt + 800,
                                   what="the reply after the barge-in")

@@ -7,7 +7,9 @@ clock, DTMF on request, ``stop`` at the end; it plays returned audio on a simula
 echoes each mark when the audio before it has played, and on ``clear`` drops what is queued and
 echoes every pending mark at once (as Twilio documents). Given an answer-webhook URL it first
 fetches the call's TwiML there, as Twilio does, and connects to the ``<Stream>`` it names with its
-``<Parameter>``s (so the call carries the server's one-time call token).
+``<Parameter>``s (so the call carries the server's one-time call token). With
+``carrier="loopback"`` it speaks the core's loopback envelope instead (docs/carriers/loopback.md)
+and is that carrier's reference client.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = ["CallResult", "CallSimulator", "twilio_signature"]
 
 FRAME_MS = 20
 BYTES_PER_MS = 8  # mu-law 8 kHz
+CARRIERS = ("twilio", "loopback")
 
 
 def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
@@ -112,6 +115,9 @@ class CallSimulator:
         answer_url: the server's answer webhook (``http://…/answer/twilio``): POST the call
             there first (signed when ``auth_token`` is given), then connect to the TwiML's
             ``<Stream url>`` with its ``<Parameter>``s; ``url`` is then only a fallback.
+        carrier: the envelope spoken: ``"twilio"`` (Media Streams) or ``"loopback"`` (the
+            core's loopback carrier; ``auth_token`` is then sent as ``Authorization: Bearer``,
+            and there is no answer webhook).
     """
 
     def __init__(self, url: str, *, custom_parameters: Mapping[str, str] | None = None,
@@ -120,7 +126,12 @@ class CallSimulator:
                  playout_delay_ms: float = 0.0, drain_s: float = 2.0, expect_echo: bool = False,
                  dtmf: Sequence[tuple[float, str]] = (), hang_up: bool = True,
                  stream_sid: str | None = None, call_sid: str | None = None,
-                 answer_url: str | None = None) -> None:
+                 answer_url: str | None = None, carrier: str = "twilio") -> None:
+        if carrier not in CARRIERS:
+            raise ValueError(f"carrier must be one of {CARRIERS}, not {carrier!r}")
+        if carrier != "twilio" and answer_url is not None:
+            raise ValueError(f"carrier {carrier!r} has no answer webhook (answer_url)")
+        self.carrier = carrier
         self.url = url
         self.answer_url = answer_url
         self.custom_parameters = dict(custom_parameters or {})
@@ -146,6 +157,11 @@ class CallSimulator:
         return str(self._seq)
 
     def _start(self) -> str:
+        if self.carrier == "loopback":
+            return json.dumps({
+                "event": "start", "stream_id": self.stream_sid, "call_id": self.call_sid,
+                "format": {"encoding": "pcmu", "sample_rate": 8000, "channels": 1},
+                "parameters": self.custom_parameters})
         return json.dumps({
             "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
             "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid,
@@ -154,6 +170,27 @@ class CallSimulator:
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                       "channels": 1}},
         })
+
+    def _media(self, payload: str, chunk: int, media_ms: int) -> str:
+        if self.carrier == "loopback":
+            return ('{"event":"media","stream_id":"' + self.stream_sid + '","seq":' + str(chunk)
+                    + ',"timestamp":' + str(media_ms) + ',"payload":"' + payload + '"}')
+        return ('{"event":"media","sequenceNumber":"' + self._next_seq() + '","streamSid":"'
+                + self.stream_sid + '","media":{"track":"inbound","chunk":"' + str(chunk)
+                + '","timestamp":"' + str(media_ms) + '","payload":"' + payload + '"}}')
+
+    def _control(self, event: str, **fields: str) -> str:
+        """A ``dtmf`` (``digit``), ``mark`` (``name``) or ``stop`` message."""
+        if self.carrier == "loopback":
+            return json.dumps({"event": event, "stream_id": self.stream_sid, **fields})
+        if event == "dtmf":
+            return json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
+                               "sequenceNumber": self._next_seq(),
+                               "dtmf": {"track": "inbound_track", "digit": fields["digit"]}})
+        body = ({"name": fields["name"]} if event == "mark"
+                else {"accountSid": self.account_sid, "callSid": self.call_sid})
+        return json.dumps({"event": event, "sequenceNumber": self._next_seq(),
+                           "streamSid": self.stream_sid, event: body})
 
     async def answer(self) -> str:
         """POST the answer webhook as Twilio does and take the stream URL and parameters from
@@ -192,13 +229,16 @@ class CallSimulator:
             await self.answer()
         result = CallResult(self.stream_sid, self.call_sid)
         headers = {}
-        if self.auth_token:
+        if self.auth_token and self.carrier == "loopback":
+            headers["Authorization"] = "Bearer " + self.auth_token
+        elif self.auth_token:
             headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, self.signature_url)
         t0 = time.perf_counter()
         async with connect(self.url, additional_headers=headers, max_size=2**24,
                            compression=None, open_timeout=10) as ws:
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call",
-                                      "version": "1.0.0"}))
+            if self.carrier == "twilio":
+                await ws.send(json.dumps({"event": "connected", "protocol": "Call",
+                                          "version": "1.0.0"}))
             await ws.send(self._start())
             sent_at: dict[str, deque[float]] = {}
             reader = asyncio.create_task(self._read(ws, result, sent_at))
@@ -206,10 +246,7 @@ class CallSimulator:
                 await self._send_audio(ws, audio, result, sent_at)
                 await self._drain(result, reader)
                 if self.hang_up:
-                    await ws.send(json.dumps({
-                        "event": "stop", "sequenceNumber": self._next_seq(),
-                        "streamSid": self.stream_sid,
-                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}}))
+                    await ws.send(self._control("stop"))
                 await ws.close()
             except ConnectionClosed:
                 pass
@@ -233,9 +270,7 @@ class CallSimulator:
             media_ms = offset // BYTES_PER_MS
             while dtmf and dtmf[0][0] <= media_ms:
                 _, digit = dtmf.pop(0)
-                await ws.send(json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
-                                          "sequenceNumber": self._next_seq(),
-                                          "dtmf": {"track": "inbound_track", "digit": digit}}))
+                await ws.send(self._control("dtmf", digit=digit))
             if self.pace > 0:
                 due = start + media_ms / 1000.0 / self.pace
                 delay = due - time.perf_counter()
@@ -243,17 +278,13 @@ class CallSimulator:
                     await asyncio.sleep(delay)
             payload = base64.b64encode(audio[offset:offset + step]).decode("ascii")
             chunk += 1
-            msg = ('{"event":"media","sequenceNumber":"' + self._next_seq() + '","streamSid":"'
-                   + self.stream_sid + '","media":{"track":"inbound","chunk":"' + str(chunk)
-                   + '","timestamp":"' + str(media_ms) + '","payload":"' + payload + '"}}')
+            msg = self._media(payload, chunk, media_ms)
             sent_at.setdefault(payload, deque()).append(time.perf_counter())
             await ws.send(msg)
             result.sent_frames += 1
             result.sent_bytes += min(step, len(audio) - offset)
         for _, digit in dtmf:
-            await ws.send(json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
-                                      "sequenceNumber": self._next_seq(),
-                                      "dtmf": {"track": "inbound_track", "digit": digit}}))
+            await ws.send(self._control("dtmf", digit=digit))
 
     async def _drain(self, result: CallResult, reader: asyncio.Task[None]) -> None:
         deadline = time.perf_counter() + self.drain_s
@@ -275,11 +306,11 @@ class CallSimulator:
         run_start_bytes = 0  # audio received before the current stretch of playout began
         rate = BYTES_PER_MS * 1000.0 * max(self.playout_rate, 1e-6)  # bytes played per second
         pending: list[tuple[str, asyncio.TimerHandle]] = []
+        flat = self.carrier == "loopback"  # loopback fields sit at the top of the message
 
         async def echo_mark(name: str) -> None:
             try:
-                await ws.send(json.dumps({"event": "mark", "sequenceNumber": self._next_seq(),
-                                          "streamSid": self.stream_sid, "mark": {"name": name}}))
+                await ws.send(self._control("mark", name=name))
                 result.marks_echoed.append(name)
             except ConnectionClosed:
                 pass
@@ -298,7 +329,7 @@ class CallSimulator:
                     result.unexpected.append(str(raw)[:200])
                     continue
                 if event == "media":
-                    payload = msg["media"]["payload"]
+                    payload = msg["payload"] if flat else msg["media"]["payload"]
                     result.received_frames += 1
                     result.received_payloads.append(payload)
                     q = sent_at.get(payload)
@@ -311,7 +342,7 @@ class CallSimulator:
                     received_bytes += nbytes
                     playout_end += nbytes / rate
                 elif event == "mark":
-                    name = msg["mark"]["name"]
+                    name = msg["name"] if flat else msg["mark"]["name"]
                     result.marks_received.append(name)
                     handle = loop.call_later(max(0.0, playout_end - now), fire, name)
                     pending.append((name, handle))
@@ -324,7 +355,7 @@ class CallSimulator:
                     for name, handle in list(pending):
                         handle.cancel()
                         fire(name)
-                else:
+                elif not (flat and event == "stop"):  # loopback: telewire hangs up
                     result.unexpected.append(str(raw)[:200])
         except ConnectionClosed:
             pass
