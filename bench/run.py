@@ -57,11 +57,14 @@ RESULTS = BENCH / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BAR = 1.5  # telewire may cost at most this many times the bare relay (CPU and p99)
 SYSTEMS = ("baseline", "baseline-lean", "telewire", "telewire-relay", "telewire-asyncio",
-           "telewire-relay-asyncio")
+           "telewire-relay-asyncio", "telewire-relay-live")
 NAMES = {"baseline": "bare relay", "baseline-lean": "bare relay, lean model connection",
          "telewire": "telewire", "telewire-relay": "telewire, relay graph",
          "telewire-asyncio": "telewire, asyncio loop",
-         "telewire-relay-asyncio": "telewire, relay graph, asyncio loop"}
+         "telewire-relay-asyncio": "telewire, relay graph, asyncio loop",
+         "telewire-relay-live": "telewire, relay graph, openai_live (GPT-Live)"}
+#: the openai_live provider's bar: its relay graph within this many times the bare relay's CPU
+BAR_LIVE = 1.1
 #: the uvloop check: a system on the stdlib loop and the same system on uvloop
 LOOP_PAIRS = (("telewire-relay-asyncio", "telewire-relay"), ("telewire-asyncio", "telewire"))
 SATURATED = 0.95  # a server process this busy (cores) cannot keep up: its figures are floors
@@ -70,7 +73,7 @@ SATURATED = 0.95  # a server process this busy (cores) cannot keep up: its figur
 _FAKE = ("import asyncio, sys\n"
          "try:\n    import uvloop\n    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
          "except ImportError:\n    pass\n"
-         "from telewire.testing.fake_realtime import main\nmain(sys.argv[1:])\n")
+         "from telewire.testing.{module} import main\nmain(sys.argv[1:])\n")
 
 _children: list[subprocess.Popen[bytes]] = []
 #: ``--tree``: a telewire source tree to run instead of the installed one (PYTHONPATH first).
@@ -249,10 +252,14 @@ def _loadgen(ports: list[int], suts: list[int], fakes: list[int], *, calls: int,
 
 
 @contextlib.contextmanager
-def _fake_model(cpus: set[int] | None, log: Path) -> Iterator[tuple[int, int]]:
+def _fake_model(cpus: set[int] | None, log: Path, *,
+                live: bool = False) -> Iterator[tuple[int, int]]:
+    """The fake model a system talks to: the Realtime GA fake, or GPT-Live's (``live``)."""
     port = _free_port()
-    proc = _spawn([PY, "-c", _FAKE, "--port", str(port), "--mode", "echo", "--no-record"],
-                  cpus=cpus, env=_env(), log=log)
+    cmd = ([PY, "-c", _FAKE.format(module="fake_live"), "--port", str(port), "--mode", "echo"]
+           if live else [PY, "-c", _FAKE.format(module="fake_realtime"), "--port", str(port),
+                         "--mode", "echo", "--no-record"])
+    proc = _spawn(cmd, cpus=cpus, env=_env(), log=log)
     try:
         _wait_port(port, proc, log)
         yield port, proc.pid
@@ -271,6 +278,10 @@ def _system_cmd(system: str, port: int, fake_port: int) -> tuple[list[str], dict
                 "--model-url", model + "?model=gpt-realtime", *lean], env
     env["TELEWIRE_LOOP"] = "asyncio" if system.endswith("-asyncio") else "auto"
     graph = ["--config", str(_relay_graph)] if system.startswith("telewire-relay") else []
+    if system.endswith("-live"):
+        return [TELEWIRE, "serve", "--host", "127.0.0.1", "--port", str(port), *graph,
+                "--set", "rt.config.provider=openai_live",
+                "--set", f"rt.config.url=ws://127.0.0.1:{fake_port}/v1/live/sessions"], env
     return [TELEWIRE, "serve", "--host", "127.0.0.1", "--port", str(port), *graph,
             "--set", "rt.config.provider=openai", "--set", f"rt.config.url={model}"], env
 
@@ -324,7 +335,8 @@ def run_round(systems: list[str], calls: int, args: argparse.Namespace,
     ``profile``: record the first system with py-spy (a round of one system)."""
     tag = f"{'+'.join(systems)}-{calls}"
     with contextlib.ExitStack() as stack:
-        fakes = [stack.enter_context(_fake_model(pins["harness"], logdir / f"{s}-{calls}.fake.log"))
+        fakes = [stack.enter_context(_fake_model(pins["harness"], logdir / f"{s}-{calls}.fake.log",
+                                                 live=s.endswith("-live")))
                  for s in systems]
         suts: list[subprocess.Popen[bytes]] = []
         ports: list[int] = []
@@ -509,6 +521,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                 and tw["calls_completed"] == n
                                 and (tw["ratio"]["cpu_s_per_call_min"] or 99) <= BAR
                                 and (tw["ratio"]["rtt_p99_ms"] or 99) <= BAR)
+        live = per.get("telewire-relay-live")
+        if base and live:
+            per["meets_bar_live"] = bool(live["frames_lost"] == 0 and live["calls_completed"] == n
+                                         and (live["ratio"]["cpu_s_per_call_min"] or 99)
+                                         <= BAR_LIVE)
         out[str(n)] = per
     return out
 
@@ -702,6 +719,14 @@ def render_docs(report: dict[str, Any]) -> str:
                          f"{_fmt(tw['ratio']['cpu_s_per_call_min'])}×, p99 "
                          f"{_fmt(tw['ratio']['rtt_p99_ms'])}×, completed "
                          f"{tw['calls_completed']} / {n}.")
+        if "meets_bar_live" in per:
+            live, base = per["telewire-relay-live"], per["baseline"]
+            verdict = "**met**" if per["meets_bar_live"] else "**not met**"
+            lines.append(f"* {n} calls, {NAMES['telewire-relay-live']} (bar: CPU at most "
+                         f"{BAR_LIVE}× the bare relay's): {verdict}: lost {live['frames_lost']}, "
+                         f"CPU {_fmt(live['ratio']['cpu_s_per_call_min'])}×, p99 "
+                         f"{_fmt(live['ratio']['rtt_p99_ms'])}×, completed "
+                         f"{live['calls_completed']} / {n}.")
     lines += ["", "*telewire* is the graph as shipped, whose recorder writes every frame of both",
               "directions to its tracks and event log; *telewire, relay graph* is the path this",
               "bar is about. Where the shipped graph keeps its core more than about 0.8 busy, its",
@@ -863,6 +888,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds of sending in each system's turn")
     p.add_argument("--gap", type=float, default=0.5, metavar="S",
                    help="seconds of silence after each turn, for its backlog (charged to it)")
+    p.add_argument("--no-live", action="store_true",
+                   help="skip the relay graph on the openai_live provider (GPT-Live's fake)")
     p.add_argument("--no-loop-check", action="store_true",
                    help="skip telewire on the stdlib asyncio loop (the relay graph at the "
                         "largest N; without the relay graph, the default graph at the smallest)")
@@ -952,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[list[str], int]] = []
     for n in args.call_counts:
         systems = ["baseline", "telewire"] + ([] if args.no_relay_graph else ["telewire-relay"])
+        if not args.no_relay_graph and not args.no_live:
+            systems.append("telewire-relay-live")
         if n == max(args.call_counts) and not args.no_lean_baseline:
             systems.append("baseline-lean")
         if has_uvloop and not args.no_loop_check:
@@ -1055,6 +1084,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_fmt(tw['ratio']['cpu_s_per_call_min'])}×, p99 "
                       f"{_fmt(tw['ratio']['rtt_p99_ms'])}×, lost {tw['frames_lost']}: "
                       + ("meets the bar" if per[key] else "does NOT meet the bar"))
+        if "meets_bar_live" in per:
+            live = per["telewire-relay-live"]
+            print(f"  {n} calls: {NAMES['telewire-relay-live']} / bare relay: CPU "
+                  f"{_fmt(live['ratio']['cpu_s_per_call_min'])}× (bar {BAR_LIVE}×), lost "
+                  f"{live['frames_lost']}: "
+                  + ("meets the bar" if per["meets_bar_live"] else "does NOT meet the bar"))
     if report["uvloop"]:
         print("  " + report["uvloop"])
     if args.docs:
