@@ -83,3 +83,64 @@ class ServeProcess:
             _, err = self.proc.communicate()
         self.log.append(err or "")
         return "".join(self.log)
+
+
+# ------------------------------------------------------------------------------ a real Redis
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real ``redis-server`` (Debian's package; ``make test`` installs it) on 127.0.0.1 and a
+    free port, with no persistence, for the whole session; yields its URL."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:  # pragma: no cover - make test installs it
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server "
+                    "(make test does it)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import socket
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"redis-server did not start: {proc.stderr.read()}")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied before the test."""
+    import socket
+
+    host, port = redis_server.rsplit("/", 1)[0].rsplit(":", 1)
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
+        s.sendall(b"FLUSHALL\r\n")
+        assert s.recv(16).startswith(b"+OK")
+    return redis_server

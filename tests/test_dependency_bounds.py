@@ -15,7 +15,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the extras the Makefile installs (its PACKAGES line), for the core
-EXTRAS = ("dev", "s3", "speedups")
+EXTRAS = ("dev", "s3", "speedups", "control")
 CARRIERS = ("twilio", "bandwidth", "sip_bridge")  # the Makefile installs these three
 LOWEST = os.environ.get("TELEWIRE_LOWEST_DEPS") == "1"
 
@@ -50,7 +50,7 @@ def test_every_dependency_has_a_lower_bound():
 
 def test_the_makefile_installs_the_extras_checked_here():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^PACKAGES := -e '\.\[dev,s3,speedups\]'", makefile, re.M)
+    assert re.search(r"^PACKAGES := -e '\.\[" + ",".join(EXTRAS) + r"\]'", makefile, re.M)
     assert "--resolution lowest-direct $(PACKAGES)" in makefile
 
 

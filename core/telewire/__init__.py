@@ -19,6 +19,7 @@ from telewire.errors import (
     CarrierError,
     CarrierProtocolError,
     ConfigError,
+    DialError,
     GraphError,
     PluginError,
     ProviderError,
@@ -26,6 +27,7 @@ from telewire.errors import (
     TelewireError,
 )
 from telewire.frames import (
+    AnsweredByFrame,
     AudioFrame,
     DTMFFrame,
     EndFrame,
@@ -53,6 +55,7 @@ from telewire.settings import CarrierSettings, read_settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnsweredByFrame",
     "AudioFrame",
     "AuthenticationError",
     "CallContext",
@@ -64,6 +67,7 @@ __all__ = [
     "CompiledEnvelope",
     "ConfigError",
     "DTMFFrame",
+    "DialError",
     "EndFrame",
     "EnvelopeSpec",
     "ErrorFrame",

@@ -138,13 +138,25 @@ class WebhookEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundRequest:
-    """An HTTP request a carrier hook asks the core to make (a REST call: transfer, hang-up).
+    """An HTTP request a carrier hook asks the core to make (a REST call: dial, transfer).
 
     The hook builds it without I/O; the core sends it with a timeout and reports the outcome.
     ``headers`` may carry credentials: the core never logs them.
+
+    Attributes:
+        method: ``"POST"`` …
+        url: the absolute URL.
+        headers: request headers (``Authorization`` …).
+        form: an ``application/x-www-form-urlencoded`` body, in order; a name may repeat.
+        json: a JSON body instead (``form`` must then be empty).
+        id_field: for a request that creates a call (``telewire_dial_request``), the field of
+            the 2xx JSON response that holds the new call's id (Twilio ``sid``, Bandwidth
+            ``callId``).
     """
 
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     form: tuple[tuple[str, str], ...] = ()
+    json: Mapping[str, Any] | None = None
+    id_field: str = ""

@@ -24,6 +24,7 @@ from telewire import __version__
 from telewire.errors import ConfigError, TelewireError
 from telewire.eventloop import use_event_loop
 from telewire.graph import load_graph, node_types
+from telewire.init import cmd_init
 from telewire.plugins import PluginSet, load_group
 from telewire.realtime.base import ProviderCapabilities, providers
 from telewire.redact import mask, mask_text
@@ -59,14 +60,18 @@ def _load(args: argparse.Namespace) -> tuple[ServerSettings, Any]:
 # --------------------------------------------------------------------------------- serve
 
 
-async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | None = None) -> None:
+async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | None = None, *,
+                 reuse_port: bool = False, listen_fd: int | None = None) -> None:
+    import socket
+
     from telewire.server import TelewireServer
     from telewire.tracing import Tracing
 
     tracing = Tracing.from_settings(settings)
     logger.info("spans to {} (frame events: {})", tracing.where(), tracing.frames)
     server = TelewireServer(settings, graph, CarrierRegistry(), tracing=tracing)
-    await server.start()
+    sock = socket.socket(fileno=listen_fd) if listen_fd is not None else None
+    await server.start(sock=sock, reuse_port=reuse_port)
     # Everything loaded so far lives as long as the process: freeze it out of the cyclic
     # collector, and collect young objects less often. Full collections rescanning every live
     # call's objects were a main source of tail latency (bench: relay graph at 150 calls, p99
@@ -81,7 +86,20 @@ async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | No
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    watch = None
+    if reuse_port or listen_fd is not None:  # a supervisor's worker: stop when it is gone
+        parent = os.getppid()
+
+        async def orphaned() -> None:
+            while os.getppid() == parent:
+                await asyncio.sleep(1.0)
+            logger.warning("the supervisor (pid {}) is gone; stopping", parent)
+            stop.set()
+
+        watch = asyncio.ensure_future(orphaned())
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     logger.info("stopping: no new calls; draining")
     await server.stop()
     await asyncio.to_thread(tracing.shutdown)
@@ -92,9 +110,17 @@ async def _serve(settings: ServerSettings, graph: Any, ready: asyncio.Event | No
 def cmd_serve(args: argparse.Namespace) -> int:
     settings, graph = _load(args)
     setup_logging(settings.log_level, settings.log_json)
+    if args.workers is not None and args.workers > 1:
+        from telewire.supervisor import Supervisor
+
+        passed = [a for item in (args.set or []) for a in ("--set", item)]
+        if args.config:
+            passed = ["--config", args.config, *passed]
+        grace = settings.drain_timeout_s + settings.drain_goodbye_s + 30
+        return Supervisor(args.workers, settings.host, settings.port, passed, grace).run()
     loop_name = use_event_loop(settings.loop)
     logger.info("telewire {} ({} event loop), graph {}", __version__, loop_name, graph.source)
-    asyncio.run(_serve(settings, graph))
+    asyncio.run(_serve(settings, graph, reuse_port=args.reuse_port, listen_fd=args.listen_fd))
     return 0
 
 
@@ -245,6 +271,26 @@ def cmd_call(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     summary = asyncio.run(_call(args))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------- dial
+
+
+def cmd_dial(args: argparse.Namespace) -> int:
+    """Place an outbound call (:func:`telewire.dial.dial`); print the carrier's call id."""
+    from telewire.dial import dial
+
+    params = {}
+    for item in args.param or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {item!r} is not NAME=VALUE")
+        params[name] = value
+    setup_logging(os.environ.get("TELEWIRE_LOG_LEVEL", "WARNING"))
+    result = asyncio.run(dial(args.to, args.from_, carrier=args.carrier, parameters=params,
+                              machine_detection=args.machine_detection))
+    print(json.dumps(result.as_dict(), indent=2))
     return 0
 
 
@@ -479,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     graph_args(s)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="N worker processes on one port (SO_REUSEPORT, else one shared socket), "
+                        "restarted when one dies; SIGTERM drains them all")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker's
+    s.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("plugins", help="installed carriers, node types, providers, stores and tools")
@@ -491,6 +542,21 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="the effective configuration, secrets masked")
     graph_args(show)
     show.set_defaults(func=cmd_config_show)
+
+    s = sub.add_parser("init", help="start a project: ask for (or take) carrier, provider, store, "
+                                    "control plane and tracing; write telewire.toml and .env")
+    s.add_argument("--dir", default=".", help="the project folder (default: here)")
+    s.add_argument("--carrier", help="installed carrier(s), comma-separated (telewire plugins)")
+    s.add_argument("--provider", help="installed realtime model provider (openai, echo …)")
+    s.add_argument("--store", help="recording store: file, s3 or a plugin's scheme")
+    s.add_argument("--store-url", help="the store's URL (file://./recordings, s3://bucket/prefix)")
+    s.add_argument("--control", help="control plane: none (in-process) or a redis://… URL")
+    s.add_argument("--tracing", help="span exporter: sqlite, otlp or off")
+    s.add_argument("--yes", action="store_true", help="ask nothing: take the current or "
+                   "default value of every choice not given")
+    s.add_argument("--force", action="store_true", help="replace a broken or unrelated "
+                   "telewire.toml / .env.example")
+    s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("call", help="simulate a carrier call into a running server")
     s.add_argument("url", help="media WebSocket URL (ws://127.0.0.1:8080/media/twilio), or the "
@@ -505,6 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain", type=float, default=3.0, help="seconds to wait for trailing audio")
     s.add_argument("--out", default="call-output", help="folder for what comes back")
     s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("dial", help="place an outbound call that streams through this server "
+                                    "(TELEWIRE_PUBLIC_URL)")
+    s.add_argument("to", help="the number to call (E.164: +15551234567)")
+    s.add_argument("--from", dest="from_", required=True, metavar="FROM",
+                   help="the caller id (a number of the carrier account)")
+    s.add_argument("--carrier", default="twilio")
+    s.add_argument("--param", action="append", metavar="K=V",
+                   help="stream parameter for the call's start frame (repeatable)")
+    s.add_argument("--machine-detection", choices=("answer", "message_end"),
+                   help="report who answered (tel_in.answered_by): as soon as known, or after "
+                        "a machine's greeting (to leave a message)")
+    s.set_defaults(func=cmd_dial)
 
     s = sub.add_parser("demo", help="serve on a free port and run one simulated call through it")
     s.add_argument("--audio", help="audio file to play (default: the bundled demo)")

@@ -5,7 +5,8 @@ Depends on nothing else in telewire; every other module may import it.
     TelewireError
     ├── CarrierError              the carrier (or whoever is on the media socket) sent something bad
     │   ├── CarrierProtocolError  a message that breaks the carrier's protocol (bad JSON, missing field…)
-    │   └── AuthenticationError   a webhook or handshake whose signature does not check out
+    │   ├── AuthenticationError   a webhook or handshake whose signature does not check out
+    │   └── DialError             the carrier's REST API refused (or did not answer) a call we placed
     ├── ConfigError               our configuration is wrong (graph file, envelope spec, settings)
     │   └── GraphError            a graph that cannot be built (unknown node type, port, mistyped edge)
     ├── PluginError               a plugin broke its contract (raised in a hook, returned the wrong type)
@@ -20,6 +21,7 @@ __all__ = [
     "CarrierError",
     "CarrierProtocolError",
     "ConfigError",
+    "DialError",
     "GraphError",
     "PluginError",
     "ProviderError",
@@ -65,6 +67,26 @@ class CarrierProtocolError(CarrierError):
 
 class AuthenticationError(CarrierError):
     """A webhook or WebSocket handshake failed the carrier's signature check."""
+
+
+class DialError(CarrierError):
+    """The carrier's REST API refused an outbound call, or could not be reached.
+
+    The message gives the HTTP status and the carrier's own error code and message (which name
+    the field it refused), never a credential.
+
+    Attributes:
+        carrier: carrier name.
+        http_status: the HTTP status the API answered, or ``None`` when it did not answer.
+        code: the carrier's error code, when it sent one (Twilio ``21211`` …).
+    """
+
+    def __init__(self, message: str, *, carrier: str = "", http_status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.carrier = carrier
+        self.http_status = http_status
+        self.code = code
 
 
 class ConfigError(TelewireError):

@@ -18,8 +18,10 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
 
 __all__ = [
+    "ANSWERED_BY",
     "AUDIO_CODECS",
     "DTMF_DIGITS",
+    "AnsweredByFrame",
     "AudioFrame",
     "DTMFFrame",
     "EndFrame",
@@ -220,6 +222,40 @@ class DTMFFrame(Frame):
     def __post_init__(self) -> None:
         if self.digit not in DTMF_DIGITS:
             raise ValueError(f"DTMF digit must be one of 0-9 * # A-D, not {self.digit!r}")
+
+
+#: Who answered an outbound call, as answering-machine detection reports it (Twilio's
+#: ``AnsweredBy`` values): a person, a machine (``machine_start``: detected at the greeting's
+#: start; ``machine_end_beep`` / ``_silence`` / ``_other``: at its end, so a message left now is
+#: recorded), a fax, or ``unknown`` (detection gave up).
+ANSWERED_BY = frozenset({"human", "machine_start", "machine_end_beep", "machine_end_silence",
+                         "machine_end_other", "fax", "unknown"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnsweredByFrame(Frame):
+    """The answering-machine detection result of an outbound call (``telewire dial
+    --machine-detection``), delivered by the carrier's status webhook while the call streams.
+
+    It leaves ``tel_in`` on port ``answered_by``, so a graph can leave a message after the beep
+    (``machine_end_beep``) or hang up on a machine.
+
+    Attributes:
+        result: one of :data:`ANSWERED_BY`.
+        detection_ms: how long detection took, when the carrier says.
+    """
+
+    kind: ClassVar[str] = "answered_by"
+    result: str
+    detection_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.result not in ANSWERED_BY:
+            raise ValueError(f"AnsweredByFrame.result must be one of {sorted(ANSWERED_BY)}, "
+                             f"not {self.result!r}")
+        if self.detection_ms is not None and self.detection_ms < 0:
+            raise ValueError(f"AnsweredByFrame.detection_ms must be >= 0, not "
+                             f"{self.detection_ms!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ and a config key or value the node does not accept, naming the file, the node an
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -453,7 +454,9 @@ class CallGraph:
     observers: Mapping[tuple[str, str], list[Observer]] = field(default_factory=dict)
     #: admission at the start event: returns the start frame to run the call with (the same or
     #: a copy with credentials removed), or why the call is refused (it then ends, ``refused``).
-    on_start: Callable[["CallGraph", StartFrame], StartFrame | str] | None = None
+    #: It may be a coroutine function (the server's registers the call on the control plane).
+    on_start: Callable[["CallGraph", StartFrame],
+                       "StartFrame | str | Awaitable[StartFrame | str]"] | None = None
     context: CallContext = field(init=False)
     nodes: dict[str, Node] = field(init=False)
     ended: asyncio.Event = field(init=False)
@@ -467,6 +470,7 @@ class CallGraph:
         self._started = False
         self._ending = False
         self._hanging_up = False
+        self._transferring = False
         # the per-frame path calls the server's send directly (no method layer in between)
         self.send_to_carrier = self.send  # type: ignore[method-assign]
         self.nodes = self.graph.instantiate(self)
@@ -486,6 +490,8 @@ class CallGraph:
                                stream_sid=frame.stream_id)
         if self.on_start is not None:
             admitted = self.on_start(self, frame)
+            if inspect.isawaitable(admitted):
+                admitted = await admitted
             if isinstance(admitted, str):
                 self.log.warning("call refused: {}", admitted)
                 await self.end("refused", admitted)
@@ -532,16 +538,46 @@ class CallGraph:
             self.log.exception("carrier {} hang-up hook failed", self.carrier.name)
         await self.end(reason, detail)
 
+    async def wind_down(self, reason: str, detail: str = "", *, timeout_s: float = 10.0) -> None:
+        """End the call gracefully because the runtime must (a draining server): every node
+        that can say goodbye does (:meth:`Node.say_goodbye`, up to ``timeout_s`` together),
+        then the call hangs up through the carrier after the last audio has played."""
+        if self._ending or self._hanging_up:
+            return
+        goodbyes = [asyncio.ensure_future(node.say_goodbye(reason, detail))
+                    for node in self.nodes.values()]
+        if goodbyes:
+            _, late = await asyncio.wait(goodbyes, timeout=timeout_s or None)
+            for task in late:
+                task.cancel()
+            if late:
+                self.log.warning("{}: the goodbye did not finish within {:g} s; hanging up",
+                                 reason, timeout_s)
+            for task in goodbyes:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    self.log.opt(exception=task.exception()).error("goodbye failed")
+        await self.hang_up(reason, detail)
+
     async def transfer(self, target: str, *, timeout_s: float = 10.0) -> str | None:
         """Transfer the call to ``target`` after the agent's last audio has played.
 
         Returns ``None`` on success (the call then ends with reason ``transferred``) or a short
-        error for the model: the carrier cannot transfer, refused, or did not answer.
+        error for the model: the carrier cannot transfer, refused, or did not answer. A second
+        transfer while one is under way, or once the call is ending, sends nothing.
         """
         import aiohttp
 
-        if self._ending:
+        if self._ending or self._hanging_up:
             return "the call is already ending"
+        if self._transferring:
+            return "the call is already being transferred"
+        self._transferring = True
+        try:
+            return await self._transfer(target, timeout_s, aiohttp)
+        finally:
+            self._transferring = False
+
+    async def _transfer(self, target: str, timeout_s: float, aiohttp: Any) -> str | None:
         try:
             request = self.carrier.transfer_request(self.context, target)
         except (ConfigError, PluginError) as exc:

@@ -132,7 +132,9 @@ def telewire_parse_webhook(request: HttpRequest) -> WebhookEvent | None:
 
     Bandwidth, for one, sends DTMF as ``<StartGather>`` callbacks. The server receives them at
     ``POST /events/{carrier}`` (after ``telewire_authenticate``) and routes the returned frames
-    into the live call with that call id.
+    into the live call with that call id. The status callbacks of a dialled call (see
+    ``telewire_dial_request``) come to ``POST /status/{carrier}`` and are parsed here too: an
+    answering-machine result as an ``AnsweredByFrame``; call progress as no frames.
 
     Args:
         request: the webhook request.
@@ -225,6 +227,53 @@ def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest
     Raises:
         ConfigError: the carrier's credentials are not configured, or ``target`` is not a number
             or SIP URI it can dial (the message says which).
+    """
+
+
+@hookspec(firstresult=True)
+def telewire_dial_request(
+    to: str,
+    from_: str,
+    stream_url: str,
+    parameters: Mapping[str, str],
+    answer_url: str,
+    status_url: str,
+    machine_detection: Literal["answer", "message_end"] | None,
+) -> OutboundRequest | None:
+    """Build the REST request that places an outbound call whose answered leg streams here.
+
+    Called by :func:`telewire.dial.dial` (``telewire dial``). The core sends the request with a
+    timeout; a 2xx answer's JSON field ``OutboundRequest.id_field`` is the new call's id (the
+    id its start event will carry); any other answer becomes a ``DialError`` with the HTTP
+    status and the carrier's error message. The answered call then reaches this server like an
+    inbound one: either the request carries the answer document inline, streaming to
+    ``stream_url`` with ``parameters``, or it names ``answer_url`` and the carrier fetches it.
+
+    Args:
+        to: the number to call, as the user gave it (E.164 ``+15551234567``, or whatever else
+            the carrier can dial: a ``sip:`` URI …); the hook checks it.
+        from_: the caller id to present (a number of the account).
+        stream_url: the absolute ``wss://`` URL of this server's media socket for the carrier
+            (``ws://`` only for a loopback test server), with no query string.
+        parameters: custom parameters for the media stream, including the one-time call token
+            (``telewire_call_token``), which must reach the start event unchanged.
+        answer_url: this server's answer webhook for the carrier (``…/answer/{carrier}``).
+        status_url: this server's status webhook for the carrier (``…/status/{carrier}``): call
+            progress and answering-machine results posted there are authenticated with
+            ``telewire_authenticate`` and parsed with ``telewire_parse_webhook``.
+        machine_detection: ``None`` for none; ``"answer"`` to learn who answered as soon as it
+            is known; ``"message_end"`` to wait for the end of a machine's greeting (to leave a
+            message after the beep). The result reaches the call as an ``AnsweredByFrame``.
+
+    Returns:
+        The request, or ``None`` when this carrier cannot place calls. Stops at the first
+        non-None result.
+
+    Raises:
+        ConfigError: the carrier's credentials are not configured (naming the variables), a
+            number is not one the carrier can dial (naming the field and the value), a URL or
+            parameter cannot go into the request, or machine detection is asked of a carrier
+            that cannot do it.
     """
 
 

@@ -61,7 +61,7 @@ class Carrier:
 
     __slots__ = ("name", "capabilities", "distribution", "version", "_parse", "_wrap",
                  "_mark", "_clear", "_answer", "_auth", "_settings", "_warnings", "_webhook", "_hangup", "_transfer",
-                 "answers_calls")
+                 "_dial", "answers_calls")
 
     def __init__(self, name: str, hook: Any, distribution: str = "", version: str = "") -> None:
         self.name = name
@@ -78,6 +78,7 @@ class Carrier:
         self._webhook = hook.telewire_parse_webhook
         self._hangup = hook.telewire_hangup
         self._transfer = hook.telewire_transfer_request
+        self._dial = hook.telewire_dial_request
         #: the carrier implements the answer webhook (so its calls can carry a call token)
         self.answers_calls = bool(hook.telewire_answer_document.get_hookimpls())
         caps = self._call("telewire_carrier_capabilities", hook.telewire_carrier_capabilities)
@@ -158,6 +159,21 @@ class Carrier:
     def transfer_request(self, call: CallContext, target: str) -> OutboundRequest | None:
         """The REST request transferring the call, or ``None`` when the carrier cannot."""
         return self._call("telewire_transfer_request", self._transfer, call=call, target=target)
+
+    def dial_request(self, *, to: str, from_: str, stream_url: str,
+                     parameters: Mapping[str, str], answer_url: str, status_url: str,
+                     machine_detection: Literal["answer", "message_end"] | None = None
+                     ) -> OutboundRequest | None:
+        """The REST request placing an outbound call, or ``None`` when the carrier cannot."""
+        request = self._call("telewire_dial_request", self._dial, to=to, from_=from_,
+                             stream_url=stream_url, parameters=parameters,
+                             answer_url=answer_url, status_url=status_url,
+                             machine_detection=machine_detection)
+        if request is not None and not isinstance(request, OutboundRequest):
+            raise PluginError(f"carrier {self.name!r}: telewire_dial_request returned "
+                              f"{type(request).__name__}, not a telewire.carrier.OutboundRequest",
+                              plugin=self.name, hook="telewire_dial_request")
+        return request
 
     def answer_document(self, request: HttpRequest, stream_url: str,
                         parameters: Mapping[str, str]) -> HttpResponse | None:

@@ -1,21 +1,31 @@
 """The HTTP/WebSocket server: carrier media sockets, answer webhooks, probes and the operator API.
 
-Depends on ``telewire.graph``, ``telewire.registry``, ``telewire.settings``, ``telewire.calltoken``
-and ``telewire.errors``; only ``cli`` and ``testing`` depend on it.
+Depends on ``telewire.graph``, ``telewire.registry``, ``telewire.settings``, ``telewire.calltoken``,
+``telewire.control`` and ``telewire.errors``; only ``cli`` and ``testing`` depend on it.
 
 Routes on the public (carrier-facing) port:
     ``GET /media/{carrier}``          WebSocket upgrade: one call per connection.
     ``GET|POST /answer/{carrier}``    the carrier's incoming-call webhook (TwiML, BXML …).
     ``POST /events/{carrier}``        events the carrier delivers by webhook (Bandwidth DTMF),
                                       routed into the live call they name.
+    ``POST /status/{carrier}``        call status callbacks of dialled calls (Twilio
+                                      ``StatusCallback``, answering-machine ``AnsweredBy``).
     ``GET /livez``, ``GET /readyz``   liveness (the process serves) and readiness (it takes calls).
+
+Every call is registered on the control plane (:mod:`telewire.control`: in-process, or Redis
+with ``TELEWIRE_CONTROL_URL``), so the operator API and event webhooks reach a call whichever
+process of the cluster holds it, and ``TELEWIRE_MAX_CLUSTER_CALLS`` caps the whole cluster.
 
 The operator API, behind ``Authorization: Bearer <TELEWIRE_OPERATOR_TOKEN>`` (off, 404, without a
 token; on the admin listener alone when ``TELEWIRE_ADMIN_PORT`` is set):
-    ``GET /api/calls``                the live calls.
-    ``POST /api/calls/[{carrier}/]{call_id}/steer|interrupt|hangup``
+    ``GET /api/calls``                the live calls (of every process on the control plane).
+    ``POST /api/calls/[{carrier}/]{call_id}/steer|interrupt|hangup|transfer``
                                       operator control of one live call; JSON bodies only
-                                      (steer: ``{"instructions": …, "voice": …}``).
+                                      (steer: ``{"instructions": …, "voice": …}``; transfer:
+                                      ``{"target": …}``, one of ``rt.config.transfer_targets``).
+    ``GET /api/events``, ``GET /api/calls/{carrier}/{call_id}/events``
+                                      live calls' events (server-sent events).
+    ``GET /operator``                 the operator page (static; its script sends the token).
     ``GET /metrics``                  Prometheus metrics (the operator token, or the
                                       read-only ``TELEWIRE_METRICS_TOKEN``).
 """
@@ -23,6 +33,7 @@ token; on the admin listener alone when ``TELEWIRE_ADMIN_PORT`` is set):
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import re
 import socket
@@ -34,8 +45,9 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import WSMsgType, web
 from loguru import logger
 
-from telewire import calltoken
+from telewire import calltoken, transfer
 from telewire.carrier import HttpRequest
+from telewire.control import CallEntry, Command, ControlPlane, Reply, control_plane
 from telewire.envelope import id_problem
 from telewire.errors import AuthenticationError, CarrierError, ConfigError, PluginError
 from telewire.frames import InterruptFrame, StartFrame, SteerFrame
@@ -43,6 +55,7 @@ from telewire.graph import CallGraph, Graph, Observer
 from telewire.metrics import CONTENT_TYPE as METRICS_TYPE
 from telewire.metrics import ServerMetrics
 from telewire.nodes.carrier_in import CarrierIn
+from telewire.operator import OperatorPage
 from telewire.registry import CarrierRegistry
 from telewire.settings import ServerSettings
 
@@ -93,12 +106,18 @@ class TelewireServer:
         registry: the carriers.
         observers: builds per-call port observers (recorder, tracing attach here).
         tracing: the span tree of every call (``None``: no tracing, no observer).
+        control: the control plane (default: the one the settings name,
+            :func:`telewire.control.control_plane`).
     """
 
     def __init__(self, settings: ServerSettings, graph: Graph, registry: CarrierRegistry,
                  observers: ObserverFactory | None = None,
-                 tracing: "Tracing | None" = None) -> None:
+                 tracing: "Tracing | None" = None,
+                 control: ControlPlane | None = None) -> None:
         self.settings = settings
+        #: the live-call registry, commands and call events across processes
+        self.control = control if control is not None else control_plane(settings)
+        self.worker_id = self.control.worker_id
         self.graph = graph
         self.registry = registry
         self.observers = observers
@@ -121,6 +140,8 @@ class TelewireServer:
             secret.get_secret_value().encode() if secret else None,
             ttl_s=settings.call_token_ttl_s)
         self._conns: dict[CallGraph, _Conn] = {}
+        #: the registry entries of this process's started calls
+        self._entries: dict[CallGraph, CallEntry] = {}
         self._per_ip: dict[str, int] = {}
         self._pending_per_ip: dict[str, int] = {}
         self._head_timers: dict[Any, asyncio.TimerHandle] = {}
@@ -129,6 +150,8 @@ class TelewireServer:
         self._metrics_tokens = tuple(
             t.get_secret_value().encode()
             for t in (settings.operator_token, settings.metrics_token) if t is not None)
+        self.operator = OperatorPage(enabled=self._operator_token is not None,
+                                     control=self.control)
         public = self._routes_public()
         if settings.admin_port is None:
             public += self._routes_api()
@@ -156,21 +179,30 @@ class TelewireServer:
             web.get("/answer/{carrier}", self.answer),
             web.post("/answer/{carrier}", self.answer),
             web.post("/events/{carrier}", self.events),
+            web.post("/status/{carrier}", self.status),
             *self._routes_probes(),
         ]
 
     def _routes_api(self) -> list[web.RouteDef]:
         return [
+            *self.operator.routes(),
             web.get("/metrics", self.metrics_page),
             web.get("/api/calls", self.list_calls),
-            web.post("/api/calls/{call_id}/{action}", self.control),
-            web.post("/api/calls/{carrier}/{call_id}/{action}", self.control),
+            web.post("/api/calls/{call_id}/{action}", self.control_call),
+            web.post("/api/calls/{carrier}/{call_id}/{action}", self.control_call),
         ]
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    async def start(self) -> int:
-        """Start listening; returns the bound port. Logs each carrier's start-up warnings."""
+    async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False) -> int:
+        """Start listening; returns the bound port. Logs each carrier's start-up warnings.
+
+        Args:
+            sock: a listening socket to serve on instead of binding ``host:port`` (a
+                supervisor's, shared by its workers).
+            reuse_port: bind ``host:port`` with ``SO_REUSEPORT``, beside other processes
+                doing the same (the kernel spreads connections between them).
+        """
         enabled = self.settings.carrier_names()
         for name in enabled:
             if name not in self.registry:
@@ -191,7 +223,11 @@ class TelewireServer:
         if self._operator_token is None:
             logger.warning("operator API is off: TELEWIRE_OPERATOR_TOKEN is not set, so /api/ "
                            "answers 404")
-        self.port = await self._listen(self.app, self.settings.host, self.settings.port)
+        await self.control.start(self.execute)
+        if self.control.kind != "local":
+            logger.info("worker {} on the {} control plane", self.worker_id, self.control.kind)
+        self.port = await self._listen(self.app, self.settings.host, self.settings.port,
+                                       sock=sock, reuse_port=reuse_port)
         if self.admin_app is not None:
             assert self.settings.admin_port is not None
             self.admin_port = await self._listen(self.admin_app, self.settings.admin_host,
@@ -207,7 +243,8 @@ class TelewireServer:
                     self.port, ", ".join(self.carrier_names()) or "none")
         return self.port
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> int:
+    async def _listen(self, app: web.Application, host: str, port: int, *,
+                      sock: socket.socket | None = None, reuse_port: bool = False) -> int:
         """Serve ``app`` on ``host:port`` with a header-read deadline on every connection."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                keepalive_timeout=self.settings.header_timeout_s)
@@ -222,8 +259,12 @@ class TelewireServer:
             self._arm_head_timer(handler)
             return handler
 
-        server = await loop.create_server(protocol, host, port, reuse_address=True,
-                                          family=socket.AF_UNSPEC)
+        if sock is not None:
+            server = await loop.create_server(protocol, sock=sock)
+        else:
+            server = await loop.create_server(protocol, host, port, reuse_address=True,
+                                              reuse_port=reuse_port or None,
+                                              family=socket.AF_UNSPEC)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -233,17 +274,33 @@ class TelewireServer:
         return [n for n in self.registry.names() if not enabled or n in enabled]
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
-        """Stop accepting calls, let live calls finish (up to the drain timeout), end the rest."""
+        """Drain and stop: refuse new calls (``/readyz`` says not ready), let live calls finish
+        for up to the drain timeout, have the rest say the agent's drain goodbye and hang up
+        (up to ``TELEWIRE_DRAIN_GOODBYE_S``), end what is left, then close the listeners, leave
+        the control plane and wait for the archives."""
         self.draining = True
         timeout = self.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         if self.calls:
             logger.info("draining {} live call(s) for up to {:.0f} s", len(self.calls), timeout)
+            await asyncio.gather(*(self.control.update(replace(e, state="draining"))
+                                   for e in self._entries.values()))
             waits = [asyncio.ensure_future(c.ended.wait()) for c in list(self.calls)]
             _, pending = await asyncio.wait(waits, timeout=timeout) if waits else (set(), set())
             for p in pending:
                 p.cancel()
+            live = [c for c in list(self.calls) if not c.ended.is_set()]
+            goodbye_s = self.settings.drain_goodbye_s
+            if live and goodbye_s:
+                logger.info("drain timeout: {} call(s) still live; saying goodbye and hanging "
+                            "up (up to {:g} s)", len(live), goodbye_s)
+                winds = [asyncio.ensure_future(c.wind_down("shutdown", "server stopping",
+                                                           timeout_s=goodbye_s)) for c in live]
+                _, late = await asyncio.wait(winds, timeout=goodbye_s + 5)
+                for w in late:
+                    w.cancel()
             for call in list(self.calls):
                 await call.end("shutdown", "server stopping")
+        self.operator.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -256,6 +313,7 @@ class TelewireServer:
         for timer in self._head_timers.values():
             timer.cancel()
         self._head_timers.clear()
+        await self.control.close()
         await self._drain_archives(timeout)
 
     @staticmethod
@@ -421,7 +479,7 @@ class TelewireServer:
             return web.json_response({"ready": False, "why": "draining"}, status=503)
         if len(self.calls) >= self.settings.max_calls:
             return web.json_response({"ready": False, "why": "at capacity"}, status=503)
-        return web.json_response({"ready": True})
+        return web.json_response({"ready": True, "worker": self.worker_id})
 
     async def _signed(self, carrier: Any, request: web.Request, what: str,
                       purpose: Literal["webhook", "websocket"] = "webhook"
@@ -438,11 +496,40 @@ class TelewireServer:
             return web.Response(status=403, text="signature check failed\n")
         return req, signed
 
+    async def _refusal(self) -> web.Response | None:
+        """A 503 (with ``Retry-After``) the carrier can fail over on, when this process drains,
+        is at ``TELEWIRE_MAX_CALLS`` or the cluster at ``TELEWIRE_MAX_CLUSTER_CALLS``."""
+        refused = self.metrics.refused
+        if self.draining:
+            refused["draining"] += 1
+            return web.Response(status=503, text="server is draining\n",
+                                headers={"Retry-After": "5"})
+        if len(self.calls) >= self.settings.max_calls:
+            refused["capacity"] += 1
+            logger.warning("call refused: {} live calls is the limit", self.settings.max_calls)
+            return web.Response(status=503, text="at capacity\n", headers={"Retry-After": "5"})
+        cap = self.settings.max_cluster_calls
+        if cap:
+            try:
+                live = await self.control.count()
+            except Exception as exc:  # the control plane blinked: the process cap still holds
+                logger.warning("cluster call count unavailable: {}", type(exc).__name__)
+                return None
+            if live >= cap:
+                refused["cluster_capacity"] += 1
+                logger.warning("call refused: {} live calls in the cluster is the limit", cap)
+                return web.Response(status=503, text="cluster at capacity\n",
+                                    headers={"Retry-After": "5"})
+        return None
+
     async def answer(self, request: web.Request) -> web.Response:
         carrier = self._carrier(request)
         checked = await self._signed(carrier, request, "answer webhook")
         if isinstance(checked, web.Response):
             return checked
+        refusal = await self._refusal()
+        if refusal is not None:
+            return refusal
         req, _ = checked
         stream_url = self._public_url(request, websocket=True)
         stream_url = stream_url.split("?", 1)[0].rsplit("/answer/", 1)[0] + f"/media/{carrier.name}"
@@ -474,10 +561,79 @@ class TelewireServer:
         if event is None:
             return web.Response(status=404, text=f"carrier {carrier.name} has no event webhooks\n")
         call = self.live.get((carrier.name, event.call_id))
-        if call is None:
-            logger.warning("event webhook for {} names call {!r}, which is not live here",
-                           carrier.name, event.call_id[:80])
-            return web.Response(status=404, text=f"no live call {event.call_id[:80]!r}\n")
+        if call is not None:
+            reply = await self._dispatch_event(call, event)
+        else:  # held by another process, or by none: the control plane knows
+            forwarded = {"method": req.method, "url": req.url, "headers": dict(req.headers),
+                         "form": [list(p) for p in req.form], "query": [list(p) for p in req.query],
+                         "body": base64.b64encode(req.body).decode("ascii")}
+            reply = await self.control.send(Command(action="webhook", call_id=event.call_id,
+                                                    carrier=carrier.name,
+                                                    body={"request": forwarded}))
+            if reply.status == 404:
+                logger.warning("event webhook for {} names call {!r}, which is not live",
+                               carrier.name, event.call_id[:80])
+                return web.Response(status=404, text=f"no live call {event.call_id[:80]!r}\n")
+        if reply.status == 204:
+            return web.Response(status=204)
+        return web.Response(status=reply.status, text=reply.body, content_type=reply.content_type)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """A dialled call's status callback (:mod:`telewire.dial`), checked and parsed like an
+        event webhook. Call progress carries nothing for the call and is acknowledged (``204``);
+        a callback with frames (an ``AnsweredByFrame``) goes into the call like an event
+        webhook's, wherever it is live (``204`` too when it is live nowhere)."""
+        carrier = self._carrier(request)
+        checked = await self._signed(carrier, request, "status callback")
+        if isinstance(checked, web.Response):
+            return checked
+        try:
+            event = carrier.parse_webhook(checked[0])
+        except CarrierError as exc:
+            logger.error("status callback for {} rejected: {}", carrier.name, exc)
+            return web.Response(status=400, text=f"{exc}\n")
+        except PluginError as exc:
+            logger.error("status callback for {} failed: {}", carrier.name, exc)
+            return web.Response(status=500, text="status callback failed\n")
+        if event is None:
+            return web.Response(status=404, text=f"carrier {carrier.name} has no status "
+                                                 "callbacks\n")
+        if not event.frames:
+            return web.Response(status=204)
+        routed = await self.events(request)
+        return web.Response(status=204) if routed.status == 404 else routed
+
+    async def _event_here(self, call: CallGraph, body: Mapping[str, Any]) -> Reply:
+        """A carrier's event webhook another process received for a call held here: parse the
+        request again with the carrier (the boundary checks it here too) and dispatch it."""
+        raw = body.get("request")
+        try:
+            assert isinstance(raw, dict)
+            req = HttpRequest(
+                method=str(raw["method"]), url=str(raw["url"]),
+                headers={str(k).lower(): str(v) for k, v in dict(raw["headers"]).items()},
+                form=tuple((str(k), str(v)) for k, v in raw["form"]),
+                query=tuple((str(k), str(v)) for k, v in raw["query"]),
+                body=base64.b64decode(str(raw["body"]), validate=True))
+        except (AssertionError, KeyError, TypeError, ValueError):
+            return Reply.error(400, "a forwarded event webhook request is malformed")
+        try:  # its signature again: a forged message in Redis cannot inject frames
+            call.carrier.authenticate(req, "webhook")
+        except AuthenticationError as exc:
+            logger.warning("forwarded event webhook for {} refused: {}", call.carrier.name, exc)
+            return Reply(status=403, body="signature check failed\n", content_type="text/plain")
+        try:
+            event = call.carrier.parse_webhook(req)
+        except CarrierError as exc:
+            return Reply(status=400, body=f"{exc}\n", content_type="text/plain")
+        except PluginError as exc:
+            logger.error("event webhook for {} failed: {}", call.carrier.name, exc)
+            return Reply(status=500, body="event webhook failed\n", content_type="text/plain")
+        if event is None or event.call_id != (call.context.call_id or call.context.stream_id):
+            return Reply.error(404, "the forwarded event names another call")
+        return await self._dispatch_event(call, event)
+
+    async def _dispatch_event(self, call: CallGraph, event: Any) -> Reply:
         tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
         traced = self._conns[call].trace if call in self._conns else None
         entered = traced.enter() if traced is not None else None
@@ -488,9 +644,9 @@ class TelewireServer:
             if traced is not None:
                 traced.leave(entered)
         if event.response is None:
-            return web.Response(status=204)
+            return Reply(status=204, body="", content_type="text/plain")
         doc = event.response
-        return web.Response(status=doc.status, text=doc.body, content_type=doc.content_type)
+        return Reply(status=doc.status, body=doc.body, content_type=doc.content_type)
 
     # ----------------------------------------------------------------------------- operator API
 
@@ -499,38 +655,56 @@ class TelewireServer:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
 
     async def list_calls(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        return web.json_response([
-            {"carrier": c.carrier.name, "call_id": c.context.call_id,
-             "stream_id": c.context.stream_id, "started": c.context.started,
-             "seconds": round(now - self._conns[c].opened, 1) if c in self._conns else None}
-            for c in self.calls])
+        """This process's calls (with their socket's age), then the other processes' from the
+        control plane's registry."""
+        now, wall = time.monotonic(), time.time()
+        rows: list[dict[str, Any]] = []
+        for c in self.calls:
+            entry = self._entries.get(c)
+            rows.append({
+                "carrier": c.carrier.name, "call_id": c.context.call_id,
+                "stream_id": c.context.stream_id, "started": c.context.started,
+                "seconds": round(now - self._conns[c].opened, 1) if c in self._conns else None,
+                "worker": self.worker_id,
+                "state": entry.state if entry is not None else "starting"})
+        try:
+            entries = await self.control.calls()
+        except Exception as exc:
+            logger.warning("operator API: the control plane's registry is unavailable: {}",
+                           type(exc).__name__)
+            entries = []
+        rows += [{"carrier": e.carrier, "call_id": e.call_id, "stream_id": e.stream_id or None,
+                  "started": True, "seconds": round(max(0.0, wall - e.started), 1),
+                  "worker": e.worker, "state": e.state}
+                 for e in entries if e.worker != self.worker_id]
+        return web.json_response(rows)
 
-    def _find_call(self, carrier: str | None, call_id: str) -> CallGraph | web.Response:
+    def _find_call(self, carrier: str | None, call_id: str) -> CallGraph | Reply:
         if carrier is not None:
             call = self.live.get((carrier, call_id))
             if call is None:
-                return _json_error(404, f"no live call {call_id[:80]!r} on {carrier[:40]!r}")
+                return Reply.error(404, f"no live call {call_id[:80]!r} on {carrier[:40]!r}")
             return call
         found = [c for (_, cid), c in self.live.items() if cid == call_id]
         if not found:
-            return _json_error(404, f"no live call {call_id[:80]!r}")
+            return Reply.error(404, f"no live call {call_id[:80]!r}")
         if len(found) > 1:
             names = sorted(c.carrier.name for c in found)
-            return _json_error(409, f"call id {call_id[:80]!r} is live on {names}; name the "
+            return Reply.error(409, f"call id {call_id[:80]!r} is live on {names}; name the "
                                     "carrier: /api/calls/{carrier}/{call_id}/…")
         return found[0]
 
-    async def control(self, request: web.Request) -> web.Response:
-        """Operator control: steer, interrupt or hang up one live call."""
+    async def control_call(self, request: web.Request) -> web.Response:
+        """Operator control: steer, interrupt, hang up or transfer one live call, in whichever
+        process of the cluster holds it (the control plane carries the command and its answer)."""
         action = request.match_info["action"]
-        if action not in ("steer", "interrupt", "hangup"):
-            return _json_error(404, f"unknown action {action[:40]!r}; use steer, interrupt or "
-                                    "hangup")
-        found = self._find_call(request.match_info.get("carrier"), request.match_info["call_id"])
-        if isinstance(found, web.Response):
-            return found
-        call = found
+        if action not in ("steer", "interrupt", "hangup", "transfer"):
+            return _json_error(404, f"unknown action {action[:40]!r}; use steer, interrupt, "
+                                    "hangup or transfer")
+        carrier, call_id = request.match_info.get("carrier"), request.match_info["call_id"]
+        problem = id_problem(call_id) or (id_problem(carrier) if carrier is not None else None)
+        if problem is not None:
+            return _json_error(404, f"no live call {call_id[:80]!r}")
         try:
             body = await request.json() if request.can_read_body else {}
         except ValueError as exc:
@@ -541,33 +715,89 @@ class TelewireServer:
             problem = _steer_problem(body)
             if problem:
                 return _json_error(400, problem)
+        elif action == "transfer":
+            status, answer = self._transfer_target(body)
+            if status != 200:
+                return _json_error(status, answer)
+            body = {"target": answer}
+        else:
+            body = {}
+        body["from"] = self._remote(request)
+        try:
+            command = Command(action=action, call_id=call_id, carrier=carrier, body=body)
+        except ValueError:
+            return _json_error(404, f"no live call {call_id[:80]!r}")
+        reply = await self.control.send(command)
+        if action == "hangup" and reply.status == 404:  # idempotent: the call is over already
+            return web.json_response({"ok": True, "action": action, "live": False})
+        return web.Response(status=reply.status, text=reply.body,
+                            content_type=reply.content_type)
+
+    async def execute(self, command: Command) -> Reply:
+        """Run a control-plane command on a call this process holds (the plane's handler)."""
+        found = self._find_call(command.carrier, command.call_id)
+        if isinstance(found, Reply):
+            return found
+        call = found
+        if command.action == "webhook":
+            return await self._event_here(call, command.body)
+        body = command.body
+        if command.action == "steer":
+            problem = _steer_problem({k: v for k, v in body.items() if k != "from"})
+            if problem:
+                return Reply.error(400, problem)
         traced = self._conns[call].trace if call in self._conns else None
         entered = traced.enter() if traced is not None else None  # what it starts is the call's
         try:
-            if action == "steer":
+            if command.action == "steer":
                 steer = SteerFrame(instructions=body.get("instructions"), voice=body.get("voice"))
                 await call.inject("steer_in", steer)
                 if traced is not None:
                     traced.steer(steer, source="operator")
-            elif action == "interrupt":
+            elif command.action == "interrupt":
                 await call.inject("interrupt_in", InterruptFrame(source="operator",
                                                                  reason="operator"),
                                   carrier_side=True)
+            elif command.action == "transfer":
+                status, target = self._transfer_target(body)  # checked here too: the boundary
+                if status != 200:
+                    return Reply.error(status, target)
+                failed = await call.transfer(target)
+                if failed is not None:
+                    return Reply.error(502, f"transfer failed: {failed}")
             else:
                 asyncio.ensure_future(call.hang_up("operator", "hung up by an operator"))
-            if action != "steer" and traced is not None:
-                traced.operator(action)
+            if command.action != "steer" and traced is not None:
+                traced.operator(command.action)
         finally:
             if traced is not None:
                 traced.leave(entered)
-        call.log.info("operator: {} (from {})", action, self._remote(request))
-        return web.json_response({"ok": True, "action": action})
+        origin = body.get("from")
+        call.log.info("operator: {} (from {})", command.action,
+                      origin if isinstance(origin, str) and _ADDRESS.fullmatch(origin)
+                      else "the control plane")
+        return Reply.json(200, {"ok": True, "action": command.action})
+
+    def _transfer_target(self, body: Mapping[str, Any]) -> tuple[int, str]:
+        """``(200, target)`` when an operator's transfer body names a target the graph's
+        ``transfer_targets`` allow (normalized), else ``(400 or 403, why)``."""
+        target = body.get("target")
+        if set(body) - {"target", "from"} or not isinstance(target, str):
+            return 400, 'transfer takes {"target": "+15551234567"} (or a sip: address)'
+        patterns = [p for spec in self.graph.nodes.values()
+                    for p in getattr(spec.config, "transfer_targets", ())]
+        why, shown = transfer.refusal(target, patterns)
+        if why is not None:
+            logger.warning("operator: transfer to {} refused: {}", shown, why)
+            return 403, f"transfer refused: {why}"
+        return 200, shown
 
     # ----------------------------------------------------------------------------- media
 
-    def _admit(self, call: CallGraph, frame: StartFrame) -> StartFrame | str:
+    async def _admit(self, call: CallGraph, frame: StartFrame) -> StartFrame | str:
         """At the start event: check the one-time call token, refuse an id already live here,
-        index the call by its id (for event webhooks and the operator API)."""
+        register the call on the control plane (within the cluster cap) and index it by its
+        id (for event webhooks and the operator API)."""
         conn = self._conns.get(call)
         for what, value in (("stream id", frame.stream_id), ("call id", frame.call_id),
                             ("account id", frame.account_id)):
@@ -592,7 +822,22 @@ class TelewireServer:
             if other is not None and other is not call:
                 self.metrics.refused["duplicate_call_id"] += 1
                 return f"call {key[1]!r} is already live on this server"
-            self.live[key] = call
+            entry = CallEntry(carrier=key[0], call_id=key[1], stream_id=frame.stream_id or "",
+                              worker=self.worker_id, started=time.time(),
+                              state="draining" if self.draining else "live")
+            self.live[key] = call  # before the await: a second start of this id is refused
+            if not await self.control.admit(entry, self.settings.max_cluster_calls):
+                if self.live.get(key) is call:
+                    del self.live[key]
+                self.metrics.refused["cluster_capacity"] += 1
+                return (f"the cluster is at TELEWIRE_MAX_CLUSTER_CALLS "
+                        f"({self.settings.max_cluster_calls} live calls)")
+            if call.ended.is_set():  # the socket went away while we registered it
+                await self.control.remove(*key)
+                if self.live.get(key) is call:
+                    del self.live[key]
+                return "the call ended while it was being admitted"
+            self._entries[call] = entry
         if conn is not None and conn.pending:
             conn.pending = False
             self._count(self._pending_per_ip, conn.ip, -1)
@@ -604,7 +849,8 @@ class TelewireServer:
             conn.trace.start(frame)
         return frame
 
-    def _untrack(self, call: CallGraph) -> None:
+    def _untrack(self, call: CallGraph) -> CallEntry | None:
+        """Forget an ended call; returns its registry entry, for the caller to remove."""
         self.calls.discard(call)
         key = (call.carrier.name, call.context.call_id or call.context.stream_id)
         if self.live.get(key) is call:
@@ -615,6 +861,7 @@ class TelewireServer:
             self._count(self._per_ip, conn.ip, -1)
             if conn.pending:
                 self._count(self._pending_per_ip, conn.ip, -1)
+        return self._entries.pop(call, None)
 
     @staticmethod
     def _count(counts: dict[str, int], ip: str, delta: int) -> None:
@@ -651,7 +898,7 @@ class TelewireServer:
     async def media(self, request: web.Request) -> web.StreamResponse:
         carrier = self._carrier(request)
         ip = self._remote(request)
-        refusal = self._refuse_socket(carrier, ip)
+        refusal = self._refuse_socket(carrier, ip) or await self._refusal()
         if refusal is not None:
             return refusal
         checked = await self._signed(carrier, request, "media socket", "websocket")
@@ -685,7 +932,8 @@ class TelewireServer:
         traced = self.tracing.new_call() if self.tracing is not None else None
         if traced is not None:
             observers = traced.observers(self.graph, observers)
-        call = CallGraph(self.graph, carrier, send, observers, on_start=self._admit)
+        tap = self.operator.tap(self.graph, observers, self._admit)
+        call = CallGraph(self.graph, carrier, send, tap.observers, on_start=tap.on_start)
         tel_in: CarrierIn = call.nodes[self.tel_in]  # type: ignore[assignment]
         self.calls.add(call)
         self._conns[call] = _Conn(call=call, ip=ip, opened=time.monotonic(), signed=signed,
@@ -722,9 +970,12 @@ class TelewireServer:
             await call.end(reason, detail)
             if traced is not None:
                 traced.end(call.end_frame)
+            tap.end(call)
             closer.cancel()
             await ws.close()
-            self._untrack(call)
+            entry = self._untrack(call)
+            if entry is not None:
+                await self.control.remove(*entry.key)
         return ws
 
     async def _close_when_ended(self, call: CallGraph, ws: web.WebSocketResponse) -> None:

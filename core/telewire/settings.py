@@ -125,6 +125,8 @@ class ServerSettings(BaseSettings):
         trace_content: put caller content (transcripts, tool arguments, steer instructions) on
             spans, as attributes prefixed ``telewire.content.``; off by default.
         spans_db: the SQLite database of the embedded span store (table ``workflow_spans``).
+        tracing: ``off`` exports no spans at all (no SQLite span store, no OTLP, no frame
+            events); ``on`` (the default) exports to ``spans_db`` and, when configured, OTLP.
     """
 
     model_config = SettingsConfigDict(
@@ -163,10 +165,22 @@ class ServerSettings(BaseSettings):
     trace_frames: Literal["off", "sampled", "all"] = "sampled"
     trace_content: bool = False
     spans_db: Path = Path("telewire-spans.db")
+    control_url: str | None = None
+    control_ttl_s: float = Field(default=15.0, gt=0)
+    control_timeout_s: float = Field(default=3.0, gt=0)
+    worker_id: str | None = None
+    max_cluster_calls: int = Field(default=0, ge=0)
+    drain_goodbye_s: float = Field(default=10.0, ge=0)
+    tracing: Literal["on", "off"] = "on"
 
     @field_validator("operator_token", "metrics_token", "call_token_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("control_url", "worker_id", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("carriers")

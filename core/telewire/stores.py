@@ -31,7 +31,7 @@ import shutil
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
@@ -105,6 +105,11 @@ class Store(ABC):
     """
 
     scheme: ClassVar[str] = ""
+    #: A URL of this store to show as an example or default (``telewire init`` offers it).
+    example_url: ClassVar[str] = ""
+    #: The environment variables the store reads, each with one line saying what it is for
+    #: (``telewire init`` writes them into the ``.env`` template, secrets left empty).
+    env: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -150,6 +155,7 @@ class FileStore(Store):
     """
 
     scheme = "file"
+    example_url = "file://./recordings"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -234,6 +240,14 @@ class S3Store(Store):
     """
 
     scheme = "s3"
+    example_url = "s3://BUCKET/PREFIX"
+    env = {
+        "AWS_ACCESS_KEY_ID": "access key of the S3 credentials (or AWS_PROFILE, or a role)",
+        "AWS_SECRET_ACCESS_KEY": "secret key of the S3 credentials",
+        "AWS_DEFAULT_REGION": "the bucket's region, unless the store URL says ?region=",
+        "AWS_ENDPOINT_URL_S3": "an S3-compatible server (MinIO …), unless the URL says "
+                               "?endpoint_url=",
+    }
 
     def __init__(self, url: str, *, part_size: int = PART_SIZE) -> None:
         super().__init__(url)

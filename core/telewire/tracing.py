@@ -259,7 +259,10 @@ class Tracing:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Tracing":
-        """The tracing a :class:`~telewire.settings.ServerSettings` asks for."""
+        """The tracing a :class:`~telewire.settings.ServerSettings` asks for (``tracing = off``:
+        no exporter at all, and no frame events)."""
+        if getattr(settings, "tracing", "on") == "off":
+            return cls(frames="off", content=False, spans_db=None, otlp=False)
         return cls(frames=settings.trace_frames, content=settings.trace_content,
                    spans_db=settings.spans_db)
 

@@ -126,5 +126,11 @@ class Node:
     async def on_call_start(self, frame: StartFrame) -> None:
         """The call started (every node sees it, before any other frame)."""
 
+    async def say_goodbye(self, reason: str, detail: str) -> None:
+        """The runtime is ending the call (``reason``: ``shutdown`` when the server drains):
+        say a goodbye to the caller if this node can, and return once it has been said (the
+        call then hangs up after the audio has played). Bounded by the caller's timeout;
+        most nodes have nothing to say."""
+
     async def on_call_end(self, frame: EndFrame) -> None:
         """The call ended (every node sees it once; release resources here)."""

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from telewire.errors import CarrierProtocolError
 from telewire.frames import (
     DTMF_DIGITS,
+    AnsweredByFrame,
     AudioFrame,
     DTMFFrame,
     EndFrame,
@@ -86,6 +87,7 @@ class CarrierIn(Node):
         "marks": (MarkFrame,),
         "interrupt": (InterruptFrame,),
         "errors": (ErrorFrame,),
+        "answered_by": (AnsweredByFrame,),
     }
     Config: ClassVar = CarrierInConfig
 
@@ -156,6 +158,9 @@ class CarrierIn(Node):
                 await self.emit("dtmf", frame)
         elif isinstance(frame, MarkFrame):
             await self.emit("marks", frame)
+        elif isinstance(frame, AnsweredByFrame):
+            self.call.log.info("answered by: {}", frame.result)
+            await self.emit("answered_by", frame)
         elif isinstance(frame, EndFrame):
             await self.call.end(frame.reason, frame.detail)
         elif isinstance(frame, AudioFrame):

@@ -43,6 +43,9 @@ __all__ = ["RealtimeAgent"]
 #: what the model is told to say when a call reaches its budget
 DEFAULT_BUDGET_GOODBYE = ("Tell the caller, in one short sentence, that this call has reached its "
                           "limit and has to end now, and say goodbye.")
+#: what the model is told to say when the server drains (SIGTERM) and the call must end
+DEFAULT_DRAIN_GOODBYE = ("Tell the caller, in one short sentence, that you have to end this call "
+                         "now, and say goodbye.")
 
 
 class RealtimeAgentConfig(ProviderConfig):
@@ -58,6 +61,10 @@ class RealtimeAgentConfig(ProviderConfig):
         budget_goodbye: on reaching a budget, the instruction the model is given to say goodbye
             (sent as a ``response.create`` with these instructions); ``""`` hangs up at once.
         budget_goodbye_timeout_s: how long the goodbye may take before hanging up anyway.
+        drain_goodbye: when the server drains (SIGTERM) and the call is still live after
+            ``TELEWIRE_DRAIN_TIMEOUT_S``, the instruction the model is given to say goodbye
+            before the call hangs up (bounded by ``TELEWIRE_DRAIN_GOODBYE_S``); ``""`` hangs up
+            without one.
         prices: price overrides by model for this node's provider, each a table of rates
             (``audio_input``, ``audio_cached_input``, ``text_output`` …, USD per 1M tokens, or
             ``per_minute``), replacing the shipped entry (``telewire/data/prices.toml``).
@@ -75,6 +82,7 @@ class RealtimeAgentConfig(ProviderConfig):
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
     budget_goodbye: str = DEFAULT_BUDGET_GOODBYE
     budget_goodbye_timeout_s: float = Field(default=15.0, gt=0)
+    drain_goodbye: str = DEFAULT_DRAIN_GOODBYE
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices_file: str | None = None
     require: list[str] = Field(default_factory=list)
@@ -173,6 +181,8 @@ class RealtimeAgent(Node):
         self.cost = CallCost.for_model(config.provider, config.model, config.price_table)
         #: the budget reached (``"max_call_seconds"`` / ``"max_cost_usd"``), once one is
         self.budget_reached: str | None = None
+        #: saying a goodbye (a budget's or the server's drain): the model hears no more
+        self._closing = False
         self._budget_timer: asyncio.TimerHandle | None = None
         self._budget_task: asyncio.Task[None] | None = None
         self._routes = {
@@ -271,26 +281,42 @@ class RealtimeAgent(Node):
         if self.budget_reached is not None or self._ended:
             return
         self.budget_reached = cap
+        self._closing = True
         self.call.log.warning("{}: {}; ending the call", self.name, detail)
         self._budget_task = asyncio.ensure_future(self._say_goodbye(detail))
 
     async def _say_goodbye(self, detail: str) -> None:
-        text = self.config.budget_goodbye.strip()
-        if text and self._ready and self.session is not None:
-            try:
-                said = await asyncio.wait_for(self.session.say(text, tag="budget_goodbye"),
-                                              self.config.budget_goodbye_timeout_s)
-            except TimeoutError:
-                said = False
-                self.call.log.warning("{}: the budget goodbye did not finish within {:g} s; "
-                                      "hanging up", self.name,
-                                      self.config.budget_goodbye_timeout_s)
-            if not said:
-                self.call.log.info("{}: the budget goodbye was not completed", self.name)
+        await self._goodbye(self.config.budget_goodbye, "budget_goodbye")
         await self.call.hang_up("budget", detail)
 
+    async def _goodbye(self, text: str, tag: str) -> bool:
+        """Have the model say ``text`` (an instruction) with nothing else going on; ``True``
+        once it has been said, ``False`` when there is nothing to say or it did not finish in
+        ``budget_goodbye_timeout_s``."""
+        text = text.strip()
+        if not (text and self._ready and self.session is not None):
+            return False
+        try:
+            said = await asyncio.wait_for(self.session.say(text, tag=tag),
+                                          self.config.budget_goodbye_timeout_s)
+        except TimeoutError:
+            said = False
+            self.call.log.warning("{}: the {} did not finish within {:g} s; hanging up",
+                                  self.name, tag.replace("_", " "),
+                                  self.config.budget_goodbye_timeout_s)
+        if not said:
+            self.call.log.info("{}: the {} was not completed", self.name, tag.replace("_", " "))
+        return bool(said)
+
+    async def say_goodbye(self, reason: str, detail: str) -> None:
+        """The server drains: stop feeding the model and have it say ``drain_goodbye``."""
+        if self._ended or self._closing:
+            return  # a budget goodbye is already under way
+        self._closing = True  # the model hears no more caller audio from now on
+        await self._goodbye(self.config.drain_goodbye, "drain_goodbye")
+
     async def on_audio_in(self, frame: AudioFrame) -> None:  # type: ignore[override]
-        if self.budget_reached is not None:
+        if self._closing:
             return  # saying goodbye: the model hears no more (and bills no more caller audio)
         if self._ready:
             await self.session.send_audio(frame)  # type: ignore[union-attr]
@@ -305,15 +331,15 @@ class RealtimeAgent(Node):
             self.dropped_frames += 1
 
     async def on_dtmf_in(self, frame: DTMFFrame) -> None:  # type: ignore[override]
-        if self._ready and self.budget_reached is None:
+        if self._ready and not self._closing:
             await self.session.send_dtmf(frame)  # type: ignore[union-attr]
 
     async def on_interrupt_in(self, frame: InterruptFrame) -> None:  # type: ignore[override]
-        if self._ready and self.budget_reached is None:
+        if self._ready and not self._closing:
             await self.session.interrupt(frame)  # type: ignore[union-attr]
 
     async def on_steer_in(self, frame: SteerFrame) -> None:  # type: ignore[override]
-        if self._ready and self.budget_reached is None:
+        if self._ready and not self._closing:
             await self.session.steer(frame)  # type: ignore[union-attr]
 
     async def on_call_end(self, frame: EndFrame) -> None:

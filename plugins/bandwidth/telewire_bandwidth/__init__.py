@@ -17,14 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, WebhookEvent
+from telewire.carrier import (
+    CallContext,
+    Capabilities,
+    HttpRequest,
+    HttpResponse,
+    OutboundRequest,
+    WebhookEvent,
+)
 from telewire.envelope import CompiledEnvelope, load_envelope_file
-from telewire.errors import CarrierProtocolError
+from telewire.errors import CarrierProtocolError, ConfigError
 from telewire.frames import PCMU_8K, AudioFrame, Frame, StartFrame
 from telewire.hookspecs import hookimpl
 
 from telewire_bandwidth.auth import verify_basic
 from telewire_bandwidth.bxml import events_url_for, start_stream
+from telewire_bandwidth.calls import create_call, tag_parameters
 from telewire_bandwidth.inbound import check_start
 from telewire_bandwidth.settings import ENV_PREFIX, BandwidthSettings, load_settings
 from telewire_bandwidth.webhooks import parse_event
@@ -178,6 +186,8 @@ def telewire_answer_document(
 
     The DTMF webhook goes to ``TELEWIRE_BANDWIDTH_EVENTS_URL``, or to this server's
     ``/events/bandwidth`` beside ``stream_url``; the configured Basic credentials are put on it.
+    For a call placed by ``telewire dial``, the dial's stream parameters come in the webhook's
+    ``tag`` and are added (``parameters``, with the call token, win on a name clash).
 
     Raises:
         ConfigError: a bad stream URL or parameter, credentials bound for a non-TLS URL, or
@@ -188,7 +198,7 @@ def telewire_answer_document(
     if settings.dtmf:
         events_url = settings.events_url or events_url_for(stream_url, CARRIER)
     body = start_stream(
-        stream_url, parameters,
+        stream_url, {**tag_parameters(request.body), **parameters},
         stream_name=settings.stream_name,
         events_url=events_url,
         stream_event_url=settings.stream_event_url,
@@ -196,6 +206,44 @@ def telewire_answer_document(
         websocket_credentials=settings.websocket_auth,
     )
     return HttpResponse(body=body, content_type="application/xml")
+
+
+@hookimpl
+def telewire_dial_request(
+    to: str,
+    from_: str,
+    stream_url: str,
+    parameters: Mapping[str, str],
+    answer_url: str,
+    status_url: str,
+    machine_detection: Literal["answer", "message_end"] | None,
+) -> OutboundRequest:
+    """Create the call with Bandwidth's Voice API; when it is answered Bandwidth fetches its
+    BXML from ``answer_url`` (this server's ``/answer/bandwidth``), see
+    :func:`telewire_bandwidth.calls.create_call`.
+
+    Raises:
+        ConfigError: account id, application id or API credentials unset (naming the
+            variables), a number Bandwidth cannot dial (naming ``to`` or ``from`` and the value),
+            or machine detection asked for.
+    """
+    settings = load_settings()
+    missing = [name for name, value in (("ACCOUNT_ID", settings.account_id),
+                                        ("APPLICATION_ID", settings.application_id),
+                                        ("API_USERNAME", settings.api_username),
+                                        ("API_PASSWORD", settings.api_password)) if value is None]
+    if missing:
+        raise ConfigError("bandwidth: placing a call needs "
+                          + ", ".join(ENV_PREFIX + name for name in missing))
+    assert settings.account_id and settings.application_id
+    assert settings.api_username is not None and settings.api_password is not None
+    return create_call(
+        account_id=settings.account_id, application_id=settings.application_id,
+        api_credentials=(settings.api_username.get_secret_value(),
+                         settings.api_password.get_secret_value()),
+        api_base_url=settings.api_base_url, to=to, from_=from_, answer_url=answer_url,
+        parameters=parameters, webhook_credentials=settings.credentials,
+        machine_detection=machine_detection)
 
 
 @hookimpl

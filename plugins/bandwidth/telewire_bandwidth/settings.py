@@ -52,6 +52,11 @@ class BandwidthSettings(CarrierSettings):
             Bandwidth documents no authentication for the media socket, so whether it sends
             user-info credentials from the destination URL is unverified: enable this only after
             checking it on a live call (or when a proxy in front adds the header).
+        account_id: the Bandwidth account id, for placing calls (``telewire dial``).
+        application_id: the Voice application placing calls (``applicationId``).
+        api_username / api_password: the API credentials of the create-call request (HTTP
+            Basic). Set together.
+        api_base_url: the Voice API's base URL; change it only for a test double.
     """
 
     model_config = SettingsConfigDict(
@@ -65,6 +70,11 @@ class BandwidthSettings(CarrierSettings):
     stream_event_url: str | None = None
     dtmf: bool = True
     websocket_auth: bool = False
+    account_id: str | None = None
+    application_id: str | None = None
+    api_username: SecretStr | None = None
+    api_password: SecretStr | None = None
+    api_base_url: str = "https://voice.bandwidth.com"
 
     @field_validator("username")
     @classmethod
@@ -87,8 +97,27 @@ class BandwidthSettings(CarrierSettings):
     def _urls(cls, value: str | None) -> str | None:
         return _http_url(value)
 
+    @field_validator("account_id", "application_id")
+    @classmethod
+    def _ids(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
+            raise ValueError("must be 1 to 64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> "BandwidthSettings":
+        if (self.api_username is None) != (self.api_password is None):
+            missing = "api_password" if self.api_password is None else "api_username"
+            raise ValueError(f"{ENV_PREFIX}API_USERNAME and {ENV_PREFIX}API_PASSWORD must be "
+                             f"set together ({ENV_PREFIX}{missing.upper()} is not set)")
         if (self.username is None) != (self.password is None):
             missing = "password" if self.password is None else "username"
             raise ValueError(f"{ENV_PREFIX}USERNAME and {ENV_PREFIX}PASSWORD must be set "

@@ -15,12 +15,20 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import Literal, Mapping, Sequence
 
-from telewire.carrier import CallContext, Capabilities, HttpRequest, HttpResponse, OutboundRequest
+from telewire.carrier import (
+    CallContext,
+    Capabilities,
+    HttpRequest,
+    HttpResponse,
+    OutboundRequest,
+    WebhookEvent,
+)
 from telewire.envelope import CompiledEnvelope, load_envelope_file
 from telewire.errors import CarrierProtocolError, ConfigError
 from telewire.frames import AudioFrame, Frame, MediaFormat
 from telewire.hookspecs import hookimpl
 
+from telewire_twilio.calls import create_call, parse_status
 from telewire_twilio.settings import ENV_PREFIX, TwilioSettings, load_settings
 from telewire_twilio.signature import verify_request
 from telewire_twilio.twiml import connect_stream, dial
@@ -107,6 +115,47 @@ def telewire_transfer_request(call: CallContext, target: str) -> OutboundRequest
         headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
         form=(("Twiml", dial(target)),),
     )
+
+
+@hookimpl
+def telewire_dial_request(
+    to: str,
+    from_: str,
+    stream_url: str,
+    parameters: Mapping[str, str],
+    answer_url: str,
+    status_url: str,
+    machine_detection: Literal["answer", "message_end"] | None,
+) -> OutboundRequest:
+    """Create the call with the Calls REST API, its TwiML inline (``<Connect><Stream>`` to
+    ``stream_url`` with ``parameters``), progress and AMD results posted to ``status_url``
+    (see :func:`telewire_twilio.calls.create_call`).
+
+    Raises:
+        ConfigError: ``TELEWIRE_TWILIO_ACCOUNT_SID``/``AUTH_TOKEN`` unset, a number Twilio
+            cannot dial (naming ``To`` or ``From`` and the value), or TwiML too long.
+    """
+    settings = load_settings()
+    if settings.account_sid is None or settings.auth_token is None:
+        raise ConfigError(f"twilio: placing a call needs {ENV_PREFIX}ACCOUNT_SID and "
+                          f"{ENV_PREFIX}AUTH_TOKEN")
+    return create_call(
+        account_sid=settings.account_sid, auth_token=settings.auth_token.get_secret_value(),
+        api_base_url=settings.api_base_url, to=to, from_=from_, stream_url=stream_url,
+        parameters=parameters, status_url=status_url, machine_detection=machine_detection)
+
+
+@hookimpl
+def telewire_parse_webhook(request: HttpRequest) -> WebhookEvent:
+    """A call status or answering-machine callback (``POST /status/twilio``): the call's
+    ``CallSid`` and, when it carries ``AnsweredBy``, an ``AnsweredByFrame``
+    (see :func:`telewire_twilio.calls.parse_status`).
+
+    Raises:
+        CarrierProtocolError: ``CallSid`` missing or not a call SID, or an ``AnsweredBy``
+            value Twilio does not document (naming the field).
+    """
+    return parse_status(request)
 
 
 @hookimpl
