@@ -75,6 +75,8 @@ __all__ = ["ACTIONS", "CallEntry", "CallEvent", "Command", "CommandHandler", "Co
 
 #: what a :class:`Command` may ask of a call
 ACTIONS = frozenset({"steer", "interrupt", "hangup", "transfer", "webhook"})
+#: how long each step of closing the Redis plane may take
+_CLOSE_WAIT_S = 5.0
 #: what a registry entry's ``state`` may be
 STATES = frozenset({"live", "draining", "ending"})
 _WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -513,22 +515,26 @@ class RedisControlPlane(ControlPlane):
                     self.worker_id, self.ttl_s)
 
     async def close(self) -> None:
+        # every wait is bounded: a Redis that stopped answering (or a redis-py pub/sub reader
+        # that does not give up on cancellation) must not hold a server's shutdown forever
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
+        if self._tasks:
             with suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait(self._tasks, timeout=_CLOSE_WAIT_S)
         self._tasks = []
         for sub in list(self._subscriptions):
-            await sub.close()
+            with suppress(Exception):
+                await asyncio.wait_for(sub.close(), _CLOSE_WAIT_S)
         if self._redis is None:
             return
         for carrier, call_id in list(self._mine):
-            await self.remove(carrier, call_id)
+            with suppress(Exception):
+                await asyncio.wait_for(self.remove(carrier, call_id), _CLOSE_WAIT_S)
         for client in (self._pubsub, self._redis):
             with suppress(Exception):
                 closer = getattr(client, "aclose", None) or client.close  # aclose: redis >= 5.0.1
-                await closer()
+                await asyncio.wait_for(closer(), _CLOSE_WAIT_S)
         self._redis = self._pubsub = None
 
     # -- registry
