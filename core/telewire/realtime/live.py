@@ -48,6 +48,7 @@ from telewire.frames import (
 from telewire.realtime.base import (FrameSink, ProviderCapabilities, ProviderConfig,
                                     RealtimeSession)
 from telewire.realtime.common import (
+    COMPLAINT_INTERVAL_S,
     RECONNECT_CLOSE_CODES,
     Throttle,
     clean,
@@ -95,8 +96,6 @@ _APPEND_MAX_CHARS = 1_800
 _TURN_MAX_CHARS = 20_000
 #: How long close() waits for ``session.closed`` (the final usage) after ``session.close``.
 _CLOSE_WAIT_S = 2.0
-#: At most one log line per this many seconds about each kind of bad provider message.
-COMPLAINT_INTERVAL_S = 10.0
 #: Server events of the published GPT-Live protocol this session has no use for (logged at debug).
 _KNOWN_UNUSED = frozenset({
     "session.updated", "session.input_audio.muted", "session.input_audio.unmuted",
