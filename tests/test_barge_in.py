@@ -116,6 +116,7 @@ async def test_star_clears_cancels_and_truncates_and_an_empty_digit_disables_it(
     assert second.responses[0]["status"] != "cancelled"
 
 
+@pytest.mark.slow
 async def test_voice_change_waits_for_response_done_and_the_call_goes_on(log_lines):
     async with FakeRealtimeServer(mode="talk", talk_speed=1.0, response_audio_ms=1500,
                                   talk_after_appends=25) as fake:

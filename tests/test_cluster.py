@@ -17,6 +17,9 @@ from conftest import ServeProcess
 from telewire.testing.fake_realtime import FakeRealtimeServer
 from telewire.testing.simulator import CallSimulator
 
+#: many processes or fresh venvs: `make test` runs these, `make test-lowest` leaves them out
+pytestmark = pytest.mark.slow
+
 TOKEN = "cluster-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SILENCE = b"\xff" * 8  # one mu-law millisecond

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import ServeProcess
 
 from telewire.testing.fake_realtime import FakeRealtimeServer
@@ -33,6 +34,7 @@ async def until(predicate, timeout: float = 60.0, what: str = "the condition"):
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_sigterm_during_20_live_calls_ends_each_cleanly_and_writes_every_archive(
         tmp_path: Path):
     store, spool = tmp_path / "store", tmp_path / "spool"

@@ -20,6 +20,9 @@ from telewire.operator import ControlPlaneFeed, LocalFeed
 from telewire.testing.fake_realtime import FakeRealtimeServer
 from telewire.testing.simulator import CallSimulator
 
+#: many processes or fresh venvs: `make test` runs these, `make test-lowest` leaves them out
+pytestmark = pytest.mark.slow
+
 TOKEN = "operator-page-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'

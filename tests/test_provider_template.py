@@ -35,6 +35,9 @@ from telewire.testing.provider_kit import (ProviderFake, ProviderTests, Sink, ca
 from test_template import (RUN_TIMEOUT_S, _run, child_env, install_rendered, pytest_counts,
                            render)
 
+#: many processes or fresh venvs: `make test` runs these, `make test-lowest` leaves them out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "plugins" / "_provider_template"
 NAME = "acme_voice"

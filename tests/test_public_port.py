@@ -233,6 +233,7 @@ async def test_the_call_token_never_reaches_the_graph(server, monkeypatch):
 # ------------------------------------------------------------------------------ bounded resources
 
 
+@pytest.mark.slow
 async def test_idle_sockets_that_never_start_are_closed_and_a_real_call_then_connects(server):
     srv = await server()  # the default start deadline: 5 s
     sockets = [await connect(media(srv)) for _ in range(20)]
@@ -374,6 +375,7 @@ async def test_a_flood_is_only_dropped_when_the_call_may_not_end_for_it(server):
         assert flooded.nodes["tel_in"].dropped_messages >= 4_000
 
 
+@pytest.mark.slow
 async def test_bad_input_log_lines_are_rate_limited(server, log_lines):
     srv = await server("tel_in.config.max_errors=0")
     async with connect(media(srv)) as ws:

@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOAK = ROOT / "bench" / "soak.py"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("TELEWIRE_LOWEST_DEPS") == "1",
-    reason="the soak measures the product, not the dependency bounds: it runs on the latest set")
+    reason="the soak measures the product, not the dependency bounds: it runs on the latest set")]
 
 
 def test_one_minute_soak_loses_nothing(tmp_path):

@@ -222,6 +222,7 @@ def pytest_counts(stdout: str) -> dict[str, int]:
                                                    summary)}
 
 
+@pytest.mark.slow
 def test_rendered_carrier_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
     env = child_env()
     source = tmp_path / "src" / NAME

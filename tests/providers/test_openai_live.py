@@ -31,7 +31,12 @@ from telewire.frames import (
 )
 from telewire.realtime.base import ProviderConfig, ToolSpec, create_session
 from telewire.realtime.live import AzureLiveSession, OpenAILiveSession
-from telewire.testing.fake_live import AZURE_LIVE_PATH, LIVE_PATH, FakeLiveServer
+from telewire.testing.fake_live import (
+    AZURE_LIVE_PATH,
+    LIVE_PATH,
+    AzureFakeLiveServer,
+    FakeLiveServer,
+)
 from telewire.testing.provider_kit import ProviderTests
 from telewire.tools import ToolBox
 
@@ -405,6 +410,13 @@ class TestOpenAILiveConformance(ProviderTests):
     barge_in_limit_ms = 60.0
     rt_overrides = {"options": FAST}
     turn_gap_ms = FAST["turn_gap_ms"]
+
+
+class TestAzureLiveConformance(TestOpenAILiveConformance):
+    """The kit again for ``azure_live``: the same protocol on Azure's path and ``api-key``."""
+
+    provider = "azure_live"
+    fake_class = AzureFakeLiveServer
 
 
 def test_every_published_server_event_is_handled_or_knowingly_ignored():

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from telewire.testing.provider_kit import ProviderTests
-from telewire.testing.realtime_fake_adapter import RealtimeFake, XAIRealtimeFake, ga_problem
+from telewire.testing.realtime_fake_adapter import (
+    AzureRealtimeFake,
+    RealtimeFake,
+    XAIRealtimeFake,
+    ga_problem,
+)
 
 
 class TestOpenAIConformance(ProviderTests):
@@ -14,6 +19,13 @@ class TestOpenAIConformance(ProviderTests):
 
     provider = "openai"
     fake_class = RealtimeFake
+
+
+class TestAzureConformance(ProviderTests):
+    """The kit for ``azure`` (the GA protocol, a deployment name, the ``api-key`` header)."""
+
+    provider = "azure"
+    fake_class = AzureRealtimeFake
 
 
 def test_rt_config_points_each_provider_at_its_fake() -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ServeProcess
 from recorder.kit import child_env, recorder_graph_file
 
@@ -23,6 +25,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+@pytest.mark.slow
 async def test_sigterm_with_the_store_down_spools_then_archive_flush_stores_it(moto, tmp_path):
     moto.make_bucket("calls")
     store = f"s3://calls/p?endpoint_url={moto.endpoint}&region=us-east-1"

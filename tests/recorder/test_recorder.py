@@ -31,6 +31,7 @@ def stored(stream_sid: str) -> dict[str, Path]:
     return {name: Path(p) for name, p in record.locations.items()}
 
 
+@pytest.mark.slow
 async def test_sixty_second_call_caller_channel_is_byte_identical_and_length_matches(rec_server):
     srv = await rec_server(FAST)
     audio = bytes((i * 7 + i // 160) & 0xFF for i in range(60 * 8000))  # 60 s of mu-law

@@ -179,6 +179,7 @@ async def test_otlp_spans_reach_a_local_receiver_with_the_same_tree(otlp_receive
         assert tree == stored
 
 
+@pytest.mark.slow
 async def test_reconnect_and_handover_are_each_a_new_model_session(tmp_path):
     """A dropped model connection (reconnect), then an operator's voice change (steer, then a
     handover): three model.session children of the call, and a steer span."""

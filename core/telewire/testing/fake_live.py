@@ -50,7 +50,7 @@ from websockets.http11 import Request, Response
 
 from telewire.testing.provider_kit import ProviderFake
 
-__all__ = ["FakeLiveServer", "LIVE_PATH", "AZURE_LIVE_PATH", "main"]
+__all__ = ["AzureFakeLiveServer", "FakeLiveServer", "LIVE_PATH", "AZURE_LIVE_PATH", "main"]
 
 logger = loguru.logger
 
@@ -517,6 +517,20 @@ class FakeLiveServer(ProviderFake):
         if problem is not None:
             self._server_errors.append(problem)
         await conn.ws.send(json.dumps(event))
+
+
+class AzureFakeLiveServer(FakeLiveServer):
+    """The same fake as Azure's GPT-Live endpoint (``/openai/v1/live/sessions``, the key in an
+    ``api-key`` header) for the kit run of ``azure_live``; ``rt.config.model`` is the
+    deployment name."""
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{AZURE_LIVE_PATH}"
+
+    def rt_config(self) -> dict[str, Any]:
+        return {"provider": "azure_live", "url": self.url, "api_key": "azure-test-key",
+                "model": "my-gpt-live"}
 
 
 def _speech(offset_ms: int, ms: int) -> str:

@@ -24,6 +24,7 @@ import abc
 import asyncio
 import contextlib
 import json
+import secrets
 import types
 from typing import Any, AsyncIterator, Callable, ClassVar, Sequence, TypeVar
 
@@ -53,7 +54,7 @@ from telewire.realtime.base import (
 from telewire.tools import ToolBox
 
 __all__ = ["KitCall", "ProviderFake", "ProviderTests", "Sink", "caller_frames", "eventually",
-           "kit_lookup"]
+           "call_server", "kit_lookup"]
 
 
 class ProviderFake(abc.ABC):
@@ -402,6 +403,52 @@ class ProviderTests:
             assert quiet_fake.audio_after_barge_in_ms() <= 3000 - 200
             assert not sink.of(EndFrame)
 
+    async def test_barge_in_over_a_call(self, quiet_fake: ProviderFake,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """The barge-in again, end to end over real sockets: a simulated call on the core's
+        loopback carrier plays the reply on its real-time playout clock, the provider reports
+        the caller talking over it (or, for a provider that cannot, the caller presses ``*``),
+        the carrier is cleared, and what reaches the caller after the clear is at most
+        ``barge_in_limit_ms`` of the abandoned reply before the next one."""
+        caps = self.capabilities
+        if not (caps.interruption or caps.cancel):
+            pytest.skip(f"provider {self.provider!r} can neither report nor stop a barge-in")
+        from telewire.testing.simulator import CallSimulator
+
+        token = "kit-" + secrets.token_hex(16)
+        monkeypatch.setenv("TELEWIRE_LOOPBACK_ENABLED", "true")
+        monkeypatch.setenv("TELEWIRE_LOOPBACK_TOKEN", token)
+        async with call_server(quiet_fake, self.provider, self.rt_overrides) as url:
+            sim = CallSimulator(url, carrier="loopback", auth_token=token, drain_s=1.0,
+                                dtmf=() if caps.interruption else [(1000, "*")])
+            call = asyncio.create_task(sim.run(b"\xff" * 8 * 4000))
+            try:
+                await quiet_fake.wait_connected(1)
+                await quiet_fake.speak_slowly(3000)
+                await eventually(lambda: sim.result is not None
+                                 and sim.result.received_bytes >= 8 * 300,
+                                 what="the first 300 ms of the reply at the caller")
+                if caps.interruption:
+                    await quiet_fake.barge_in()
+                assert sim.result is not None
+                result = sim.result
+                await eventually(lambda: result.clears >= 1, what="the carrier's clear")
+                at_clear = result.received_at_clear[0]
+                if self.turn_gap_ms:
+                    await asyncio.sleep(self.turn_gap_ms * 1.5 / 1000)
+                await quiet_fake.speak(100, transcript="after the barge-in")
+                await eventually(lambda: result.received_bytes >= at_clear + 800,
+                                 what="the reply after the barge-in at the caller")
+                late_ms = (result.received_bytes - at_clear - 800) / 8
+            finally:
+                result = await call
+        assert result.clears == 1 and not result.unexpected, result.unexpected
+        assert result.played_at_clear[0] >= 8 * 200, "the caller heard the reply begin"
+        assert late_ms <= self.barge_in_limit_ms, (
+            f"{late_ms:.0f} ms of abandoned audio reached the caller after the carrier was "
+            f"cleared (limit {self.barge_in_limit_ms:g} ms)")
+        assert quiet_fake.audio_after_barge_in_ms() <= 3000 - 200
+
     async def test_steering_changes_instructions(self, quiet_fake: ProviderFake) -> None:
         self.skip_unless("instructions_change")
         async with self.session(quiet_fake) as (session, _sink, _call):
@@ -477,6 +524,34 @@ class ProviderTests:
                 assert usage.seconds > 0
             else:
                 assert usage.output_audio_tokens + usage.output_text_tokens > 0
+
+
+@contextlib.asynccontextmanager
+async def call_server(fake: ProviderFake, provider: str,
+                      overrides: dict[str, Any]) -> AsyncIterator[str]:
+    """A :class:`~telewire.server.TelewireServer` on 127.0.0.1 running the default graph without
+    its recorder, its ``rt`` node the ``provider`` pointed at ``fake``; yields the loopback
+    carrier's media URL (the caller enables that carrier)."""
+    import tomllib
+
+    from telewire.graph import build_graph, default_graph_path
+    from telewire.registry import CarrierRegistry
+    from telewire.server import TelewireServer
+    from telewire.settings import load_settings
+
+    path = default_graph_path()
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw["nodes"].pop("recorder", None)
+    raw["nodes"]["rt"]["config"] = {**fake.rt_config(), **overrides, "provider": provider}
+    graph = build_graph(raw, source=str(path))
+    server = TelewireServer(load_settings(host="127.0.0.1", port=0,
+                                          operator_token=secrets.token_hex(16)),
+                            graph, CarrierRegistry())
+    await server.start()
+    try:
+        yield f"ws://127.0.0.1:{server.port}/media/loopback"
+    finally:
+        await server.stop(drain_timeout_s=1)
 
 
 def _last_item(sink: Sink) -> str | None:

@@ -21,7 +21,7 @@ from telewire.testing.fake_realtime import FakeConnection, FakeRealtimeServer, t
 from telewire.testing.fake_xai import FakeXAIServer
 from telewire.testing.provider_kit import ProviderFake
 
-__all__ = ["RealtimeFake", "XAIRealtimeFake"]
+__all__ = ["AzureRealtimeFake", "RealtimeFake", "XAIRealtimeFake"]
 
 _MODES = {"echo": "echo", "quiet": "silent"}
 _CHUNK_MS = 20
@@ -210,6 +210,15 @@ def _usage(ms: int, transcript: str) -> dict[str, Any]:
 
 def _stops(conn: FakeConnection) -> int:
     return sum(len(conn.events(kind)) for kind in _STOP_EVENTS)
+
+
+class AzureRealtimeFake(RealtimeFake):
+    """The GA fake as an Azure OpenAI resource for the provider kit (``provider = "azure"``):
+    ``rt.config.model`` is the deployment name and the key goes in the ``api-key`` header,
+    which the fake accepts as it accepts a bearer key."""
+
+    provider = "azure"
+    model = "my-realtime-deployment"
 
 
 class XAIRealtimeFake(RealtimeFake):

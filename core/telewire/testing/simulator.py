@@ -59,6 +59,11 @@ class CallResult:
     #: For each clear: agent audio bytes played before it (all audio received so far minus what
     #: was still queued on the simulated playout clock).
     played_at_clear: list[int] = field(default_factory=list)
+    #: For each clear: agent audio bytes received before it (played or still queued).
+    received_at_clear: list[int] = field(default_factory=list)
+    #: Agent audio bytes received so far (a driver can watch it while :meth:`CallSimulator.run`
+    #: is going, through :attr:`CallSimulator.result`).
+    received_bytes: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     close_code: int | None = None
@@ -151,6 +156,8 @@ class CallSimulator:
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
         self.account_sid = "AC" + "0" * 32
         self._seq = 0
+        #: The call's result as it happens: set when :meth:`run` starts, filled while it runs.
+        self.result: CallResult | None = None
 
     def _next_seq(self) -> str:
         self._seq += 1
@@ -227,7 +234,7 @@ class CallSimulator:
         """Play ``audio`` (mu-law 8 kHz) into the server and collect what comes back."""
         if self.answer_url is not None:
             await self.answer()
-        result = CallResult(self.stream_sid, self.call_sid)
+        result = self.result = CallResult(self.stream_sid, self.call_sid)
         headers = {}
         if self.auth_token and self.carrier == "loopback":
             headers["Authorization"] = "Bearer " + self.auth_token
@@ -340,6 +347,7 @@ class CallSimulator:
                         run_start_bytes = received_bytes
                         playout_end = now + self.playout_delay_s
                     received_bytes += nbytes
+                    result.received_bytes = received_bytes
                     playout_end += nbytes / rate
                 elif event == "mark":
                     name = msg["name"] if flat else msg["mark"]["name"]
@@ -351,6 +359,7 @@ class CallSimulator:
                     queued = max(0.0, playout_end - now) * rate
                     result.played_at_clear.append(int(max(run_start_bytes,
                                                           received_bytes - queued)))
+                    result.received_at_clear.append(received_bytes)
                     playout_end = now
                     for name, handle in list(pending):
                         handle.cancel()
