@@ -1,6 +1,7 @@
 """The provider conformance kit: what every realtime provider must do, as reusable pytest tests.
 
-Depends on ``telewire.realtime``, ``telewire.frames`` and ``pytest``.
+Depends on ``telewire.realtime``, ``telewire.frames`` and ``pytest``; the whole-call barge-in
+test also on ``telewire.server`` and ``telewire.testing.simulator`` (imported when it runs).
 
 A provider's author supplies a :class:`ProviderFake` (a protocol-faithful local server for the
 provider's protocol, driven by the kit through the methods below) and subclasses
