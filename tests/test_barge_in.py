@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from unittest import mock
 
 import aiohttp
@@ -17,6 +18,7 @@ from telewire.registry import Carrier, CarrierRegistry
 from telewire.server import TelewireServer
 from telewire.settings import load_settings
 from telewire.testing.fake_realtime import FakeRealtimeServer, talk_audio
+from telewire.testing.local_http import local_http_server
 from telewire.testing.simulator import CallSimulator
 
 SILENCE = b"\xff" * 8  # one mu-law millisecond of silence
@@ -215,26 +217,22 @@ async def twilio_rest(monkeypatch):
 
     seen: list[tuple[str, str, dict, str]] = []
 
+    update = re.compile(r"/2010-04-01/Accounts/[^/]+/Calls/([^/]+)\.json")
+
     async def update_call(request: web.Request) -> web.Response:
+        match = update.fullmatch(request.path)
+        if request.method != "POST" or match is None:
+            return web.Response(status=404)
         form = await request.post()
         seen.append((request.method, request.path, dict(form), request.headers["Authorization"]))
-        return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})
+        return web.json_response({"sid": match.group(1), "status": "in-progress"})
 
-    app = web.Application()
-    app.add_routes([web.post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rest_port = site._server.sockets[0].getsockname()[1]
-    account = "AC" + "1" * 32
-    monkeypatch.setenv("TELEWIRE_TWILIO_ACCOUNT_SID", account)
-    monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
-    monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
-    try:
+    async with local_http_server(update_call) as rest_port:
+        account = "AC" + "1" * 32
+        monkeypatch.setenv("TELEWIRE_TWILIO_ACCOUNT_SID", account)
+        monkeypatch.setenv("TELEWIRE_TWILIO_AUTH_TOKEN", "rest-token")
+        monkeypatch.setenv("TELEWIRE_TWILIO_API_BASE_URL", f"http://127.0.0.1:{rest_port}")
         yield account, seen
-    finally:
-        await runner.cleanup()
 
 
 async def test_transfer_call_redirects_the_live_call_through_the_carrier_rest_api(twilio_rest,

@@ -24,6 +24,7 @@ from telewire.graph import CallGraph, load_graph
 from telewire.hookspecs import hookimpl
 from telewire.registry import CarrierRegistry
 from telewire.settings import load_settings
+from telewire.testing.local_http import local_http_server
 
 SECRET = "dial-test-secret"
 TELEWIRE = [sys.executable, "-m", "telewire.cli"]
@@ -59,15 +60,8 @@ class FakeApi:
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApi]:
     fake = FakeApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake
-    await runner.cleanup()
+    async with local_http_server(fake.handle) as fake.port:
+        yield fake
 
 
 class FakeCarrier:

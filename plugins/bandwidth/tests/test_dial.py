@@ -25,6 +25,7 @@ from telewire.settings import load_settings
 from telewire_bandwidth.auth import basic_authorization
 from telewire_bandwidth.calls import tag_parameters
 from telewire_bandwidth.testing import BandwidthCall
+from telewire.testing.local_http import local_http_server
 
 ACCOUNT, APPLICATION = "9900000", "04e88489-df02-4e34-a0ee-27a91849555f"
 API_USER, API_PASSWORD = "api-user", "api-pw-5f4e3d2c1b"
@@ -58,15 +59,8 @@ class FakeBandwidth:
 @pytest.fixture
 async def fake_bandwidth() -> AsyncIterator[FakeBandwidth]:
     fake = FakeBandwidth()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake
-    await runner.cleanup()
+    async with local_http_server(fake.handle) as fake.port:
+        yield fake
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from telewire.registry import Carrier
 from telewire.settings import load_settings
 from telewire.testing.simulator import CallSimulator
 from telewire_twilio.calls import STATUS_EVENTS, create_call, parse_status
+from telewire.testing.local_http import local_http_server
 
 ACCOUNT = "AC" + "a1" * 16
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -78,15 +79,8 @@ class FakeTwilio:
 @pytest.fixture
 async def fake_twilio() -> AsyncIterator[FakeTwilio]:
     fake = FakeTwilio()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake
-    await runner.cleanup()
+    async with local_http_server(fake.handle) as fake.port:
+        yield fake
 
 
 @pytest.fixture
