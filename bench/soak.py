@@ -238,7 +238,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "OPENAI_API_KEY": "placeholder", "TELEWIRE_LOG_LEVEL": "WARNING"}
     redis_port, fake_port, port = _free_port(), _free_port(), _free_port()
     samples: list[tuple[float, int]] = []
-    per_process: dict[int, int] = {}
+    per_process: dict[int, list[tuple[float, int]]] = {}
     done: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_process(
@@ -269,8 +269,11 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             while not load.done():
                 pids = _tree(server.pid)
                 rss = {p: _rss_kib(p) for p in pids}
-                per_process.update({p: r for p, r in rss.items() if r})
-                samples.append((time.monotonic() - started, sum(rss.values())))
+                now = time.monotonic() - started
+                for p, r in rss.items():
+                    if r:
+                        per_process.setdefault(p, []).append((now, r))
+                samples.append((now, sum(rss.values())))
                 await asyncio.wait({load}, timeout=args.every)
             await load
 
@@ -303,6 +306,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "clears": sum(c.get("clears", 0) for c in ok_calls),
         "server_exit_code": code, "errors_logged": len(errors), "errors": errors[:20],
         "rss_mib": [(round(t, 1), round(r / 1024, 2)) for t, r in samples],
+        "rss_mib_by_process": {
+            ("supervisor" if p == server.pid else f"worker {p}"):
+                [(round(t, 1), round(r / 1024, 2)) for t, r in series]
+            for p, series in per_process.items()},
         "rss_growth_tail": _growth(samples, min(8 * 60, max(30.0, elapsed - 60))),
         "tail_s": min(8 * 60, max(30.0, elapsed - 60)),
     }

@@ -474,7 +474,10 @@ class TelewireServer:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Readiness: new calls are taken (false while draining or at capacity)."""
+        """Readiness: this process takes new calls (false while draining or at its own
+        ``max_calls``). The cluster cap is left out on purpose: a full cluster would make every
+        process unready at once and cut off the webhooks of the calls already live, so it is
+        enforced per call by :meth:`_refusal` instead (docs/deployment.md)."""
         if self.draining:
             return web.json_response({"ready": False, "why": "draining"}, status=503)
         if len(self.calls) >= self.settings.max_calls:
