@@ -70,7 +70,7 @@ bench: $(STAMP)
 # 200 calls for 10 minutes on two workers and a real Redis (bench/soak.py); tests/test_soak.py
 # runs a one-minute version with every make test.
 soak: $(STAMP) redis-server
-	$(PY) bench/soak.py $(SOAK_ARGS) --json bench/results/soak.json
+	$(PY) bench/soak.py $(SOAK_ARGS) --docs --json bench/results/soak.json
 
 clean:
 	rm -rf $(VENV) $(LOWEST) build *.egg-info core/*.egg-info plugins/*/*.egg-info

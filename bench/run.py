@@ -568,6 +568,15 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _write_docs(report: dict[str, Any]) -> None:
+    """Rewrite docs/benchmarks.md for ``report``, keeping the soak's section (bench/soak.py)."""
+    from soak import SECTION, keep_section
+
+    old = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
+    soak = keep_section(old, SECTION)
+    DOCS.write_text(render_docs(report) + ("\n" + soak if soak else ""), encoding="utf-8")
+
+
 def render_docs(report: dict[str, Any]) -> str:
     m = report["machine"]
     s = report["settings"]
@@ -938,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.render.read_text())
         report["summary"] = summarize(report["runs"])
         report["uvloop"] = uvloop_note(report["summary"])
-        DOCS.write_text(render_docs(report))
+        _write_docs(report)
         print(f"bench: rewrote {DOCS.relative_to(ROOT)} from {args.render}")
         return 0
     if args.tree is not None:
@@ -1093,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
     if report["uvloop"]:
         print("  " + report["uvloop"])
     if args.docs:
-        DOCS.write_text(render_docs(report))
+        _write_docs(report)
         print(f"bench: rewrote {DOCS.relative_to(ROOT)}")
     return 0
 

@@ -51,6 +51,8 @@ TELEWIRE = str(Path(PY).parent / "telewire")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 GROWTH_BAR = 0.05  # RSS growth over the measured tail of the soak, as a fraction
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Soak"
 
 
 def _free_port() -> int:
@@ -321,6 +323,56 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def render_section(report: dict[str, Any], command: str) -> str:
+    """The ``## Soak`` section of docs/benchmarks.md for ``report`` (``make bench`` keeps it)."""
+    growth = report["rss_growth_tail"]
+    lines = [
+        SECTION, "",
+        f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}` "
+        "(`bench/soak.py`; its docstring says what runs). The bar (issue 15): RSS growth under "
+        f"{GROWTH_BAR:.0%} over the last 8 minutes, no lost frame, no lost archive.", "",
+        f"* {report['calls']} concurrent calls for {report['minutes']:g} min on "
+        f"{report['workers']} workers and a real Redis control plane: "
+        f"{report['calls_completed']} calls completed, {report['calls_failed_count']} failed.",
+        f"* Frames sent {report['frames_sent']}, lost {report['frames_lost']}; archives written "
+        f"{report['archives_written']}, lost {report['archives_lost']}; barge-in clears "
+        f"{report['clears']}; errors logged {report['errors_logged']}; server exit code "
+        f"{report['server_exit_code']}.",
+        "* RSS of all server processes (MiB, time in s): "
+        + ", ".join(f"{r:g} at {t:g}" for t, r in report["rss_mib"][:: max(1, len(
+            report["rss_mib"]) // 8)]) + ".",
+    ]
+    for name, series in sorted(report.get("rss_mib_by_process", {}).items()):
+        if series:
+            lines.append(f"  * {name}: {series[0][1]:g} → {series[-1][1]:g} MiB")
+    lines += [
+        f"* RSS growth over the last {report['tail_s']:g} s: "
+        + (f"{growth:.1%}" if growth is not None else "n/a")
+        + f" — **{'PASS' if report['pass'] else 'FAIL'}**.", ""]
+    return "\n".join(lines)
+
+
+def keep_section(text: str, section: str) -> str:
+    """``section`` (from its heading to the next ``## `` heading or the end) out of ``text``,
+    or ``""``: what a rewrite of the page carries over."""
+    start = text.find(section + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(section))
+    return text[start:] if end < 0 else text[start:end + 1]
+
+
+def write_docs(section: str, path: Path = DOCS) -> None:
+    """Put ``section`` in place of the page's ``## Soak`` section, or at its end."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    old = keep_section(text, SECTION)
+    if old:
+        text = text.replace(old, section if section.endswith("\n") else section + "\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=200, help="concurrent calls")
@@ -330,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=float, default=5.0, help="seconds between RSS samples")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, help="write the report here (and the plot beside it)")
+    p.add_argument("--docs", action="store_true",
+                   help="write the results into docs/benchmarks.md (make soak does)")
     args = p.parse_args(argv)
     if args.calls < 1 or args.minutes <= 0 or args.workers < 1 or args.call_s < 5:
         p.error("--calls and --workers must be positive, --minutes > 0, --call-s at least 5")
@@ -349,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
           + (f"{growth:.1%}" if growth is not None else "n/a")
           + f"; {'PASS' if report['pass'] else 'FAIL'}")
     print(f"soak: report {out}, plot {plot}")
+    if args.docs:
+        args_text = " ".join(sys.argv[1:] if argv is None else argv)
+        write_docs(render_section(report, f"bench/soak.py {args_text}"))
+        print(f"soak: results in {DOCS}")
     return 0 if report["pass"] else 1
 
 

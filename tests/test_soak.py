@@ -44,10 +44,15 @@ def test_one_minute_soak_loses_nothing(tmp_path):
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_the_plot_is_a_valid_png(tmp_path):
+def _soak_module():
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
+    return soak
+
+
+def test_the_plot_is_a_valid_png(tmp_path):
+    soak = _soak_module()
     path = tmp_path / "p.png"
     soak.plot_png(path, [(0, 10.0), (60, 11.0), (120, 10.5)], width=120, height=60)
     import zlib
@@ -57,3 +62,27 @@ def test_the_plot_is_a_valid_png(tmp_path):
     size = int.from_bytes(data[idat - 4:idat], "big")
     raw = zlib.decompress(data[idat + 4:idat + 4 + size])
     assert len(raw) == 60 * (1 + 120 * 3)
+
+
+def test_the_soak_section_replaces_itself_and_leaves_the_page(tmp_path):
+    soak = _soak_module()
+    report = {"calls": 2, "minutes": 1.0, "workers": 2, "calls_completed": 5,
+              "calls_failed_count": 0, "frames_sent": 100, "frames_lost": 0,
+              "archives_written": 5, "archives_lost": 0, "clears": 3, "errors_logged": 0,
+              "server_exit_code": 0, "rss_mib": [(0.0, 100.0), (30.0, 101.0), (60.0, 101.5)],
+              "rss_mib_by_process": {"worker 7": [(0.0, 40.0), (60.0, 41.0)]},
+              "rss_growth_tail": 0.005, "tail_s": 30.0, "pass": True}
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Figures\n\nrows\n\n## Machine\n\n* 2 cores\n")
+    soak.write_docs(soak.render_section(report, "bench/soak.py --calls 2"), page)
+    first = page.read_text()
+    assert first.startswith("# Benchmarks\n\n## Figures\n\nrows\n\n## Machine\n\n* 2 cores\n")
+    assert "5 calls completed, 0 failed" in first and "worker 7: 40 → 41 MiB" in first
+    assert "0.5% — **PASS**" in first
+    report.update(rss_growth_tail=0.2, calls_completed=9, **{"pass": False})
+    soak.write_docs(soak.render_section(report, "bench/soak.py --calls 2"), page)
+    second = page.read_text()
+    assert second.count("## Soak") == 1 and "9 calls completed" in second
+    assert "5 calls completed" not in second and "20.0% — **FAIL**" in second
+    assert soak.keep_section(second, soak.SECTION).startswith("## Soak\n")
+    assert soak.keep_section("# Benchmarks\n", soak.SECTION) == ""
